@@ -1,0 +1,187 @@
+"""Coalitions of players and their Shapley-kernel weights, and the constrained solve.
+
+A *plan* is the set of coalitions an instance is evaluated on: a boolean matrix
+``masks`` of shape ``(S, M)`` (row ``s`` says which of the ``M`` players take the
+instance's values) and ``weights`` of shape ``(S,)``. The empty and the full coalition
+are never in a plan: they give the base value and the model output, which the
+efficiency constraint uses directly.
+
+The budget rule is the one of ``shap.KernelExplainer``: coalition sizes are
+enumerated completely, smallest (and their complements) first, while the budget
+covers them; what is left is drawn at random in complementary pairs, duplicates
+adding weight. The random part here draws from a generator the caller seeds, so
+that an instance's coalitions depend on nothing but that seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import combinations
+from math import comb
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CoalitionPlan:
+    """Coalitions and Shapley-kernel weights for ``n_players`` players.
+
+    ``masks``: ``(S, M)`` bool; ``weights``: ``(S,)`` float64, positive.
+    """
+
+    masks: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def n_players(self) -> int:
+        return self.masks.shape[1]
+
+    def __len__(self) -> int:
+        return self.masks.shape[0]
+
+
+def max_coalitions(n_players: int) -> int:
+    """Number of coalitions other than the empty and the full one: ``2**M - 2``."""
+    return 2**n_players - 2
+
+
+def _size_weights(n_players: int) -> tuple[np.ndarray, int, int]:
+    """Shapley-kernel mass of each subset size ``1..ceil((M-1)/2)``, sizes paired with their complements.
+
+    Returns ``(weight_vector, num_subset_sizes, num_paired_subset_sizes)``; the weights sum to one.
+    """
+    m = n_players
+    num_subset_sizes = int(np.ceil((m - 1) / 2.0))
+    num_paired = int(np.floor((m - 1) / 2.0))
+    weight_vector = np.array([(m - 1.0) / (s * (m - s)) for s in range(1, num_subset_sizes + 1)])
+    weight_vector[:num_paired] *= 2
+    weight_vector /= weight_vector.sum()
+    return weight_vector, num_subset_sizes, num_paired
+
+
+@dataclass(frozen=True)
+class _FixedPart:
+    masks: np.ndarray
+    weights: np.ndarray
+    num_full_sizes: int
+    samples_left: int
+
+
+@lru_cache(maxsize=64)
+def _fixed_part(n_players: int, nsamples: int) -> _FixedPart:
+    """The completely enumerated subset sizes of a budget of ``nsamples`` coalitions."""
+    m = n_players
+    weight_vector, num_subset_sizes, num_paired = _size_weights(m)
+    masks: list[np.ndarray] = []
+    weights: list[float] = []
+    samples_left = nsamples
+    remaining = weight_vector.copy()
+    num_full = 0
+    for size in range(1, num_subset_sizes + 1):
+        paired = size <= num_paired
+        nsubsets = comb(m, size) * (2 if paired else 1)
+        if samples_left * remaining[size - 1] / nsubsets < 1.0 - 1e-8:
+            break
+        num_full += 1
+        samples_left -= nsubsets
+        if remaining[size - 1] < 1.0:
+            remaining /= 1.0 - remaining[size - 1]
+        w = weight_vector[size - 1] / comb(m, size) / (2.0 if paired else 1.0)
+        for members in combinations(range(m), size):
+            mask = np.zeros(m, dtype=bool)
+            mask[list(members)] = True
+            masks.append(mask)
+            weights.append(w)
+            if paired:
+                masks.append(~mask)
+                weights.append(w)
+    masks_arr = np.array(masks, dtype=bool).reshape(-1, m)
+    masks_arr.setflags(write=False)
+    weights_arr = np.array(weights, dtype=np.float64)
+    weights_arr.setflags(write=False)
+    return _FixedPart(masks_arr, weights_arr, num_full, samples_left)
+
+
+def full_plan(n_players: int) -> CoalitionPlan:
+    """Every coalition but the empty and the full one, with exact Shapley-kernel weights."""
+    fixed = _fixed_part(n_players, max_coalitions(n_players))
+    return CoalitionPlan(fixed.masks, fixed.weights)
+
+
+def sampled_plan(n_players: int, nsamples: int, rng: np.random.Generator) -> CoalitionPlan:
+    """A budget of ``nsamples`` coalitions: complete sizes first, then random complementary pairs.
+
+    The random draws come from ``rng`` only. With ``nsamples >= 2**M - 2`` this is
+    :func:`full_plan`.
+    """
+    m = n_players
+    nsamples = min(nsamples, max_coalitions(m))
+    fixed = _fixed_part(m, nsamples)
+    weight_vector, num_subset_sizes, num_paired = _size_weights(m)
+    if fixed.num_full_sizes == num_subset_sizes or fixed.samples_left <= 0:
+        return CoalitionPlan(fixed.masks, fixed.weights)
+
+    size_probs = weight_vector.copy()
+    size_probs[:num_paired] /= 2  # each paired draw yields two coalitions
+    size_probs = size_probs[fixed.num_full_sizes :]
+    size_probs /= size_probs.sum()
+    samples_left = fixed.samples_left
+    n_draws = 4 * samples_left
+    sizes = rng.choice(len(size_probs), n_draws, p=size_probs) + fixed.num_full_sizes + 1
+    # a uniformly random subset of each size: the players with the `size` smallest keys
+    ranks = np.argsort(np.argsort(rng.random((n_draws, m)), axis=1), axis=1)
+    draws = ranks < sizes[:, None]
+
+    masks: list[np.ndarray] = []
+    counts: list[float] = []
+    seen: dict[bytes, int] = {}
+    for mask, size in zip(draws, sizes):
+        if samples_left <= 0:
+            break
+        key = mask.tobytes()
+        position = seen.get(key)
+        paired = size <= num_paired
+        if position is None:
+            seen[key] = len(masks)
+            masks.append(mask)
+            counts.append(1.0)
+            samples_left -= 1
+            if paired and samples_left > 0:
+                masks.append(~mask)
+                counts.append(1.0)
+                samples_left -= 1
+        else:
+            counts[position] += 1.0
+            if paired and position + 1 < len(counts) and np.array_equal(masks[position + 1], ~mask):
+                counts[position + 1] += 1.0
+    random_weights = np.array(counts)
+    random_weights *= weight_vector[fixed.num_full_sizes :].sum() / random_weights.sum()
+    return CoalitionPlan(
+        np.concatenate([fixed.masks, np.array(masks, dtype=bool).reshape(-1, m)]),
+        np.concatenate([fixed.weights, random_weights]),
+    )
+
+
+def solve_operator(plan: CoalitionPlan) -> tuple[np.ndarray, np.ndarray]:
+    """The linear map from coalition values to Shapley values under the efficiency constraint.
+
+    For centred coalition values ``y`` of shape ``(S, ...)`` (``link(E f(coalition)) - link(E f)``)
+    and the total effect ``delta = link(f(x)) - link(E f)``, the weighted least-squares
+    estimate with ``sum(phi) == delta`` is ``phi = A @ y + b * delta``.
+
+    Returns ``A`` of shape ``(M, S)`` and ``b`` of shape ``(M,)``. The last player is
+    eliminated through the constraint, as shap does.
+    """
+    z = plan.masks.astype(np.float64)
+    last = z[:, -1]
+    e = z[:, :-1] - last[:, None]
+    we = plan.weights[:, None] * e
+    gram = e.T @ we
+    try:
+        p = np.linalg.solve(gram, we.T)
+    except np.linalg.LinAlgError:
+        p = np.linalg.lstsq(np.sqrt(plan.weights)[:, None] * e, np.diag(np.sqrt(plan.weights)), rcond=None)[0]
+    p_last = p @ last
+    a = np.vstack([p, -p.sum(axis=0, keepdims=True)])
+    b = np.concatenate([-p_last, [1.0 + p_last.sum()]])
+    return a, b
