@@ -1,0 +1,166 @@
+"""Ray Serve backend: a deployment of ``workers`` replicas (one application per configuration).
+
+``serve_mode="ray"``: one request per instance (carrying its global index), grouped
+on the replica by ``@serve.batch(max_batch_size=batch_size)`` and explained
+together. ``serve_mode="default"``: the client sends ``batch_size``-row minibatches
+to replicas that do not batch. The application (unique name) is deleted by
+``Workers.close``. Requests lost to a dying replica are re-sent (values are deterministic, and
+placed by index, so nothing is lost or duplicated).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import ray
+from ray import serve
+
+from explainers.backends._common import (
+    Assembler,
+    BackendConfig,
+    ExplanationError,
+    WorkerLostError,
+    explain_indexed,
+    explain_range,
+    find_explanation_error,
+    is_worker_death,
+    limit_blas_threads,
+    minibatches,
+)
+
+DEPLOYMENT_NAME = "KernelShapReplica"
+BATCH_WAIT_TIMEOUT_S = 0.01
+
+
+class KernelShapReplica:
+    """A Serve replica holding the engine (model, background, operators)."""
+
+    def __init__(self, engine_box: list, num_cpus: float, max_batch_size: int) -> None:
+        self._limits = limit_blas_threads(num_cpus)
+        self.engine = ray.get(engine_box[0])
+        self.explain_instance.set_max_batch_size(max_batch_size)
+
+    @serve.batch(max_batch_size=10, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
+    async def explain_instance(self, indices: list[int], rows: list[np.ndarray]) -> list[np.ndarray]:
+        """``serve_mode="ray"``: a batch of single instances -> their (M,) / (M, K) values."""
+        X = np.stack(rows)
+        values = await asyncio.to_thread(explain_indexed, self.engine, indices, X)
+        return list(values)
+
+    def explain_range(self, start: int, X: np.ndarray) -> np.ndarray:
+        """``serve_mode="default"``: rows ``X`` (b, D) as instances ``start .. start+b-1``."""
+        return explain_range(self.engine, X, start)
+
+
+def app_name(tag: str) -> str:
+    return f"kernelshap-{tag}"
+
+
+def ensure_serve() -> bool:
+    """Start Serve (no HTTP proxy) unless it already runs; True if this call started it."""
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return False
+    except ValueError:
+        serve.start(proxy_location="Disabled")
+        return True
+
+
+def _deploy(engine_ref: Any, config: BackendConfig) -> Any:
+    n_ongoing = 2 * config.batch_size if config.serve_mode == "ray" else 2
+    dep = serve.deployment(KernelShapReplica).options(
+        name=DEPLOYMENT_NAME,
+        num_replicas=config.workers,
+        max_ongoing_requests=n_ongoing,
+        ray_actor_options={"num_cpus": config.num_cpus},
+        health_check_period_s=2,
+    )
+    app = dep.bind([engine_ref], config.num_cpus, config.batch_size)
+    return serve.run(app, name=app_name(config.tag), route_prefix=None)
+
+
+class Workers:
+    """A Serve application of ``config.workers`` replicas, deleted by :meth:`close`."""
+
+    def __init__(self, engine_ref: Any, config: BackendConfig) -> None:
+        self.config = config
+        self.name = app_name(config.tag)
+        ensure_serve()
+        try:
+            self.handle = _deploy(engine_ref, config)
+        except BaseException:
+            self.close()
+            raise
+
+    def explain(self, X: np.ndarray, assembler: Assembler) -> dict:
+        """Explain ``X`` (n, D); returns ``{"resent": requests re-sent after a replica died}``."""
+        config = self.config
+        if config.serve_mode == "ray":
+            method = self.handle.options(method_name="explain_instance")
+            items: list[Any] = list(range(len(X)))
+
+            def send(i: int) -> Any:
+                return method.remote(i, X[i])
+
+            def place(i: int, value: np.ndarray) -> None:
+                assembler.put([i], value[None])
+        else:
+            method = self.handle.options(method_name="explain_range")
+            items = minibatches(len(X), config.batch_size)
+
+            def send(b: tuple[int, int]) -> Any:
+                return method.remote(b[0], X[b[0]:b[1]])
+
+            def place(b: tuple[int, int], value: np.ndarray) -> None:
+                assembler.put(slice(b[0], b[1]), value)
+
+        return {"resent": _collect(items, send, place, config.max_retries)}
+
+    def wait_ready(self) -> None:
+        """Nothing to wait for: `serve.run` returned once the replicas were ready."""
+
+    def close(self) -> None:
+        try:
+            serve.delete(self.name)
+        except Exception:  # noqa: BLE001 - never mask the real error
+            pass
+
+
+def _collect(items: list[Any], send: Any, place: Any, max_retries: int) -> int:
+    """Send every item, gather the responses, re-send the ones a dead replica lost.
+
+    Returns how many requests were re-sent.
+    """
+    pending = {k: send(item) for k, item in enumerate(items)}
+    resent = 0
+    for attempt in range(max_retries + 1):
+        lost: list[int] = []
+        last_death: BaseException | None = None
+        for k, response in pending.items():
+            try:
+                value = response.result()
+            except Exception as exc:  # noqa: BLE001
+                err = find_explanation_error(exc)
+                if err is not None:
+                    raise ExplanationError(err.rows, err.cause_text) from None
+                if not is_worker_death(exc):
+                    raise
+                lost.append(k)
+                last_death = exc
+                continue
+            place(items[k], np.asarray(value))
+        if not lost:
+            return resent
+        if attempt == max_retries:
+            raise WorkerLostError(
+                f"{len(lost)} requests still lost after {max_retries} re-sends "
+                f"({type(last_death).__name__}: {last_death})"
+            )
+        time.sleep(0.5 * (attempt + 1))  # let the controller replace the replica
+        pending = {k: send(items[k]) for k in lost}
+        resent += len(lost)
+    return resent  # not reached

@@ -1,0 +1,126 @@
+"""Serial KernelSHAP against each Ray backend at 1 and 2 workers, in one run.
+
+Reference workload, sampled mode (``nsamples="auto"``: 2072 coalitions), batch size 10.
+The serial engine runs first; every backend's ``extra_info`` holds its ``speedup``
+(serial seconds / its seconds) and ``efficiency`` (speedup / workers) against that
+serial run of the same session, and its values are checked against serial (<= 1e-12).
+
+Pool and Serve workers are started before timing (``DistributedKernelShap.start``)
+and their start-up is recorded as ``startup_seconds``; Ray Data starts its actor pool
+with every pipeline, so its timing includes it.
+
+Environment: ``BENCH_BACKENDS_INSTANCES`` (default 256), ``BENCH_BACKENDS_ROUNDS``
+(default 1), ``BENCH_BACKENDS_WORKERS`` (default ``1,2``). Quick check::
+
+    BENCH_BACKENDS_INSTANCES=20 pytest perf/test_backends.py
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from explainers import KernelShap
+
+N_INSTANCES = int(os.environ.get("BENCH_BACKENDS_INSTANCES", "256"))
+ROUNDS = int(os.environ.get("BENCH_BACKENDS_ROUNDS", "1"))
+WORKERS = [int(w) for w in os.environ.get("BENCH_BACKENDS_WORKERS", "1,2").split(",")]
+BATCH_SIZE = 10
+LINK = "logit"
+
+CONFIGS = [("serial", None, 1)] + [
+    (backend, mode, w)
+    for backend, mode in [("pool", None), ("data", None), ("serve", "ray"), ("serve", "default")]
+    for w in WORKERS
+]
+
+_results: dict[str, object] = {}
+
+
+def _id(config: tuple) -> str:
+    backend, mode, workers = config
+    if backend == "serial":
+        return "serial"
+    label = backend if mode is None else f"{backend}-{mode}"
+    return f"{label}-w{workers}-b{BATCH_SIZE}"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray sized to the machine (or the one already running), for this module."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=300 * 1024**2,
+             include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def instances(adult_workload) -> np.ndarray:
+    if N_INSTANCES > len(adult_workload.X_explain):
+        raise pytest.UsageError(f"BENCH_BACKENDS_INSTANCES={N_INSTANCES}: at most {len(adult_workload.X_explain)}")
+    return np.array(adult_workload.X_explain[:N_INSTANCES])
+
+
+def _kwargs(workload) -> dict:
+    return dict(background=workload.background, groups=workload.groups, group_names=workload.group_names,
+                link=LINK, nsamples="auto", seed=0)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[_id(c) for c in CONFIGS])
+def test_backend(benchmark, request, config, adult_workload, instances):
+    backend, mode, workers = config
+    predict = adult_workload.model.predict_proba
+    info: dict = {"backend": backend, "serve_mode": mode, "workers": workers,
+                  "batch_size": None if backend == "serial" else BATCH_SIZE,
+                  "n_instances": len(instances), "nsamples": None, "exact": None}
+    benchmark.group = "backends"
+
+    if backend == "serial":
+        engine = KernelShap(predict, **_kwargs(adult_workload))
+        engine.explain(instances[:2])  # warm-up (imports, first BLAS calls), like the workers' start
+        values = benchmark.pedantic(engine.explain, args=(instances,), rounds=ROUNDS, iterations=1)
+        info.update(nsamples=engine.nsamples_, exact=engine.exact)
+        _results["serial_values"] = values
+        _results["serial_seconds"] = benchmark.stats.stats.mean
+    else:
+        request.getfixturevalue("ray_local")
+        from explainers import DistributedKernelShap
+
+        explainer = DistributedKernelShap(predict, **_kwargs(adult_workload), backend=backend,
+                                          serve_mode=mode or "ray", workers=workers,
+                                          batch_size=BATCH_SIZE, progress=False)
+        t0 = time.perf_counter()
+        with explainer:  # starts the pool actors / Serve replicas; removes them after
+            info["startup_seconds"] = time.perf_counter() - t0
+            values = benchmark.pedantic(explainer.explain, args=(instances,), rounds=ROUNDS, iterations=1)
+        info.update(nsamples=explainer.nsamples_, exact=explainer.exact)
+        serial_values = _results.get("serial_values")
+        if serial_values is not None:
+            diff = float(np.max(np.abs(values - serial_values)))
+            info["max_abs_diff_vs_serial"] = diff
+            assert diff <= 1e-12, f"{_id(config)} differs from serial by {diff:.3g}"
+
+    mean = benchmark.stats.stats.mean
+    serial_seconds = _results.get("serial_seconds")
+    speedup = serial_seconds / mean if serial_seconds else None
+    info.update(
+        seconds=mean,
+        ms_per_instance=1000 * mean / len(instances),
+        explanations_per_s=len(instances) / mean,
+        speedup=speedup,
+        efficiency=None if speedup is None else speedup / workers,
+        nodes_used=1,
+    )
+    benchmark.extra_info.update(info)

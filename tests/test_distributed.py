@@ -1,0 +1,364 @@
+"""DistributedKernelShap on Ray: every backend equals the serial engine, survives a dead
+worker, names the rows a failing model broke, and leaves nothing running.
+
+One Ray session for the whole run (``ray_session`` in conftest.py); the reference Adult
+workload with a sampled ``nsamples=200`` keeps each explain call short.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from explainers.backends._common import (  # noqa: E402
+    ExplanationError,
+    contiguous_runs,
+    describe_rows,
+    explain_indexed,
+    minibatches,
+)
+from explainers.distributed import DistributedKernelShap, explain_in_cluster  # noqa: E402
+from explainers.engine import KernelShap  # noqa: E402
+
+# Models defined here travel to workers by value (workers cannot import this test module).
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+NSAMPLES = 200
+N_ROWS = 67  # 67 rows in batches of 10: six full minibatches and one of 7
+POISON = 1e6  # a value no real row has; the raising model trips on it
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+# ------------------------------------------------------------------------ helpers
+class SlowModel:
+    """``predict_proba`` that sleeps per call, so a run lasts long enough to kill a worker."""
+
+    def __init__(self, model, seconds: float) -> None:
+        self.model, self.seconds = model, seconds
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        return self.model.predict_proba(X)
+
+
+class RaisingModel:
+    """Raises for any row carrying :data:`POISON` in column 0."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        if np.any(X[:, 0] == POISON):
+            raise FloatingPointError("model exploded on a poisoned row")
+        return self.model.predict_proba(X)
+
+
+def alive_actors() -> list[dict]:
+    """ALIVE actors from the GCS (the state API needs the dashboard, which is off here)."""
+    from ray._private import state
+
+    return [a for a in state.actors().values() if a["State"] == "ALIVE"]
+
+
+def our_leftovers() -> list[str]:
+    """Actors, Serve applications and Ray Data workers of ours still running."""
+    left = [
+        f"{a['ActorClassName']} {a['Name']}"
+        for a in alive_actors()
+        if "KernelShap" in a["ActorClassName"] or a["Name"].startswith("kernelshap")
+        or "kernelshap-" in a["ActorClassName"] or "MapWorker" in a["ActorClassName"]
+    ]
+    from ray import serve
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return left  # Serve never started: no applications
+    left += [f"serve app {name}" for name in serve.status().applications if name.startswith("kernelshap")]
+    return left
+
+
+def wait_until(predicate, timeout: float = 20.0, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    return None
+
+
+@pytest.fixture()
+def no_leftovers():
+    """After the test, none of our actors / Serve apps / Data workers may be alive."""
+    yield
+    # Killed actors take a moment to be marked DEAD in the GCS.
+    left = wait_until(lambda: not our_leftovers(), timeout=15) is None and our_leftovers()
+    assert not left, f"left running after explain: {left}"
+
+
+@pytest.fixture(scope="module")
+def workload(adult_workload):
+    return adult_workload
+
+
+@pytest.fixture(scope="module")
+def engine_kwargs(workload) -> dict:
+    return dict(
+        background=workload.background,
+        groups=workload.groups,
+        group_names=workload.group_names,
+        nsamples=NSAMPLES,
+        seed=7,
+    )
+
+
+@pytest.fixture(scope="module")
+def X(workload) -> np.ndarray:
+    return np.array(workload.X_explain[:N_ROWS])
+
+
+@pytest.fixture(scope="module")
+def serial(workload, engine_kwargs, X) -> np.ndarray:
+    """The serial engine's values: the ground truth, (67, 12, 2)."""
+    return KernelShap(workload.predict_proba, **engine_kwargs).explain(X)
+
+
+def assert_same(values: np.ndarray, serial: np.ndarray) -> None:
+    assert values.shape == serial.shape
+    assert np.isfinite(values).all()
+    diff = float(np.max(np.abs(values - serial)))
+    assert diff <= 1e-12, f"max |distributed - serial| = {diff:.3g}"
+
+
+# ------------------------------------------------------------------ pure helpers
+def test_minibatches_cover_rows_once():
+    assert minibatches(67, 10)[-1] == (60, 67)
+    assert len(minibatches(67, 10)) == 7
+    assert minibatches(3, 10) == [(0, 3)]
+    covered = np.concatenate([np.arange(a, b) for a, b in minibatches(101, 7)])
+    assert covered.tolist() == list(range(101))
+
+
+def test_contiguous_runs_and_row_description():
+    assert contiguous_runs([3, 4, 5, 9, 10, 12]) == [(3, 6), (9, 11), (12, 13)]
+    assert describe_rows([12, 3, 4, 5, 9]) == "3-5, 9, 12"
+
+
+def test_explain_indexed_any_order_equals_serial(workload, engine_kwargs, X, serial):
+    engine = KernelShap(workload.predict_proba, **engine_kwargs)
+    idx = [9, 2, 3, 4, 40, 41, 0]
+    assert_same(explain_indexed(engine, idx, X[idx]), serial[idx])
+
+
+# ------------------------------------------------------------------ equality
+CONFIGS = [
+    pytest.param(dict(backend="pool", workers=2, batch_size=10), id="pool-w2-b10"),
+    pytest.param(dict(backend="data", workers=2, batch_size=10), id="data-w2-b10"),
+    pytest.param(dict(backend="serve", serve_mode="ray", workers=2, batch_size=10), id="serve-ray-w2-b10"),
+    pytest.param(dict(backend="serve", serve_mode="default", workers=2, batch_size=10),
+                 id="serve-default-w2-b10"),
+    # more workers than minibatches (67 rows / 30 = 3 minibatches), fractional CPUs
+    pytest.param(dict(backend="pool", workers=5, batch_size=30, num_cpus_per_worker=0.5), id="pool-w5-b30"),
+    pytest.param(dict(backend="data", workers=5, batch_size=30, num_cpus_per_worker=0.5), id="data-w5-b30"),
+    pytest.param(dict(backend="serve", serve_mode="ray", workers=5, batch_size=30, num_cpus_per_worker=0.5),
+                 id="serve-ray-w5-b30"),
+    # one worker, batch size 1 (ray mode: every batch one instance)
+    pytest.param(dict(backend="serve", serve_mode="default", workers=1, batch_size=7), id="serve-default-w1-b7"),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_backend_equals_serial(config, workload, engine_kwargs, X, serial, no_leftovers):
+    explainer = DistributedKernelShap(workload.predict_proba, **engine_kwargs, progress=False, **config)
+    values = explainer.explain(X)
+    assert_same(values, serial)
+    assert np.allclose(explainer.expected_value, KernelShap(workload.predict_proba, **engine_kwargs).expected_value)
+
+
+def test_started_workers_serve_several_calls(workload, engine_kwargs, X, serial, no_leftovers):
+    """``with`` starts the workers once; both calls use them and the engine goes to the
+    object store once; each call numbers its rows from 0, like the serial engine."""
+    explainer = DistributedKernelShap(workload.predict_proba, **engine_kwargs, backend="pool",
+                                      workers=2, batch_size=16, progress=False)
+    with explainer:
+        names = sorted(a["Name"] for a in alive_actors() if a["Name"].startswith("kernelshap-pool-"))
+        assert len(names) == 2
+        first = explainer.explain(X[:20])
+        ref = explainer._engine_ref
+        second = explainer.explain(X)
+        assert explainer._engine_ref is ref
+        assert sorted(a["Name"] for a in alive_actors() if a["Name"].startswith("kernelshap-pool-")) == names
+    assert_same(first, serial[:20])
+    assert_same(second, serial)
+    assert explainer.last_run["workers"] == 2 and explainer.last_run["n_instances"] == N_ROWS
+
+
+def test_single_instance_1d_input(workload, engine_kwargs, X, serial, no_leftovers):
+    explainer = DistributedKernelShap(workload.predict_proba, **engine_kwargs, backend="pool", progress=False)
+    assert_same(explainer.explain(X[0]), serial[:1])
+
+
+def test_progress_bar_counts_explanations(workload, engine_kwargs, X, capsys, no_leftovers):
+    explainer = DistributedKernelShap(workload.predict_proba, **engine_kwargs, backend="pool",
+                                      batch_size=8, progress=True)
+    explainer.explain(X[:24])
+    err = capsys.readouterr().err
+    assert "24/24" in err and "KernelSHAP pool" in err
+
+
+def test_explain_in_cluster_runs_serve_from_a_ray_task(workload, engine_kwargs, X, serial, no_leftovers):
+    """The driver as a Ray task (how the Kubernetes path runs Serve)."""
+    kwargs = dict(predict=workload.predict_proba, **engine_kwargs, backend="serve", serve_mode="ray",
+                  workers=2, batch_size=10, progress=False)
+    values, seconds = ray.get(explain_in_cluster.remote(kwargs, X), timeout=180)
+    assert_same(values, serial)
+    assert seconds > 0
+
+
+# ------------------------------------------------------------------ reliability
+def _run_in_thread(explainer, X, kill_after: int):
+    """Run ``explain`` in a thread; ``box["started"]`` is set once ``kill_after`` rows are done."""
+    box: dict = {"started": threading.Event(), "done": 0}
+
+    def count(k: int) -> None:
+        box["done"] += k
+        if box["done"] >= kill_after:
+            box["started"].set()
+
+    def target():
+        try:
+            box["values"] = explainer.explain(X, callback=count)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            box["error"] = exc
+        finally:
+            box["started"].set()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _kill_mid_run(box, thread, n_rows: int, find_victim):
+    assert box["started"].wait(timeout=120), "no explanation came back"
+    victim = find_victim()
+    assert victim, "no worker to kill"
+    assert thread.is_alive() and box["done"] < n_rows, "explain finished before the kill: slow the model"
+    return victim
+
+
+def test_pool_survives_a_killed_actor(workload, engine_kwargs, X, serial, no_leftovers):
+    explainer = DistributedKernelShap(SlowModel(workload.model, 0.05), **engine_kwargs, backend="pool",
+                                      workers=2, batch_size=4, progress=False)
+    thread, box = _run_in_thread(explainer, X, kill_after=8)
+    victim = _kill_mid_run(box, thread, len(X), lambda: [
+        a for a in alive_actors() if a["Name"].startswith("kernelshap-pool-") and a["Name"].endswith("-0")])
+    ray.kill(ray.get_actor(victim[0]["Name"]), no_restart=False)
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "explain hung after an actor was killed"
+    assert "error" not in box, box.get("error")
+    restarts = [a["NumRestarts"] for a in ray._private.state.actors().values() if a["Name"] == victim[0]["Name"]]
+    assert restarts and max(restarts) >= 1, "the killed actor was not restarted"
+    assert_same(box["values"], serial)
+
+
+def test_serve_survives_a_killed_replica(workload, engine_kwargs, X, serial, no_leftovers):
+    # 17 requests of 4 rows over 2 replicas that always have requests in flight
+    explainer = DistributedKernelShap(SlowModel(workload.model, 0.05), **engine_kwargs, backend="serve",
+                                      serve_mode="default", workers=2, batch_size=4, progress=False)
+    thread, box = _run_in_thread(explainer, X, kill_after=8)
+    victim = _kill_mid_run(box, thread, len(X), lambda: [
+        a for a in alive_actors() if a["ActorClassName"].startswith("ServeReplica:kernelshap-")])
+    ray.kill(ray.get_actor(victim[0]["Name"], namespace="serve"), no_restart=True)
+    thread.join(timeout=180)
+    assert not thread.is_alive(), "explain hung after a replica was killed"
+    assert "error" not in box, box.get("error")
+    assert_same(box["values"], serial)
+    # a replica with requests in flight was killed: some must have been re-sent
+    assert explainer.last_run["resent"] >= 1, "no request was lost: the kill missed the run"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(dict(backend="pool"), id="pool"),
+        pytest.param(dict(backend="data"), id="data"),
+        pytest.param(dict(backend="serve", serve_mode="ray"), id="serve-ray"),
+        pytest.param(dict(backend="serve", serve_mode="default"), id="serve-default"),
+    ],
+)
+def test_raising_model_names_the_failed_rows(config, workload, engine_kwargs, X, no_leftovers):
+    bad = X.copy()
+    bad[23, 0] = POISON
+    explainer = DistributedKernelShap(RaisingModel(workload.model), **engine_kwargs, workers=2,
+                                      batch_size=10, progress=False, **config)
+    t0 = time.monotonic()
+    with pytest.raises(ExplanationError) as info:
+        explainer.explain(bad)
+    assert time.monotonic() - t0 < 120
+    err = info.value
+    assert 23 in err.rows
+    assert "FloatingPointError" in str(err) and "model exploded" in str(err)
+    if config["backend"] != "serve" or config["serve_mode"] == "default":
+        assert err.rows == list(range(20, 30))
+        assert "rows 20-29" in str(err)
+
+
+# ------------------------------------------------------------------ bad input
+def test_unserialisable_model_fails_before_any_work(workload, engine_kwargs):
+    lock = threading.Lock()
+
+    def predict(X):
+        with lock:
+            return workload.model.predict_proba(X)
+
+    with pytest.raises(TypeError, match="cannot be sent to Ray workers"):
+        DistributedKernelShap(predict, **engine_kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(backend="spark"), "backend must be one of 'pool', 'serve', 'data'"),
+        (dict(serve_mode="fast"), "serve_mode must be one of 'ray', 'default'"),
+        (dict(workers=0), "workers must be an integer >= 1"),
+        (dict(workers=1.5), "workers must be an integer >= 1"),
+        (dict(workers=True), "workers must be an integer >= 1"),
+        (dict(batch_size=0), "batch_size must be an integer >= 1"),
+        (dict(batch_size="10"), "batch_size must be an integer >= 1"),
+        (dict(num_cpus_per_worker=0), "num_cpus_per_worker must be a number > 0"),
+        (dict(progress="yes"), "progress must be True, False or None"),
+    ],
+)
+def test_bad_arguments_are_value_errors(kwargs, message, workload, engine_kwargs):
+    with pytest.raises(ValueError, match=message):
+        DistributedKernelShap(workload.predict_proba, **engine_kwargs, **kwargs)
+
+
+def test_bad_X_is_rejected_on_the_driver(workload, engine_kwargs, X, no_leftovers):
+    explainer = DistributedKernelShap(workload.predict_proba, **engine_kwargs, progress=False)
+    with pytest.raises(ValueError):
+        explainer.explain(X[:, :10])
+    assert explainer._engine_ref is None, "nothing may be sent for an invalid X"
+
+
+def test_more_cpus_than_the_cluster_has_is_refused(workload, engine_kwargs, X):
+    explainer = DistributedKernelShap(workload.predict_proba, **engine_kwargs, workers=3,
+                                      num_cpus_per_worker=2, progress=False)
+    with pytest.raises(ValueError, match="CPUs"):
+        explainer.explain(X)
+
+
+def test_uses_the_running_ray_and_leaves_it_running(workload, engine_kwargs, X, no_leftovers):
+    explainer = DistributedKernelShap(workload.predict_proba, **engine_kwargs, progress=False)
+    explainer.explain(X[:4])
+    explainer.close()
+    assert not explainer._started_ray
+    assert ray.is_initialized()
