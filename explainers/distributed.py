@@ -31,6 +31,7 @@ __all__ = [
     "BACKENDS",
     "SERVE_MODES",
     "explain_in_cluster",
+    "InClusterDriver",
 ]
 
 BACKENDS = ("pool", "serve", "data")
@@ -314,3 +315,34 @@ def explain_in_cluster(explainer_kwargs: dict, X: np.ndarray) -> tuple[np.ndarra
         return values, time.perf_counter() - t0
     finally:
         explainer.close()
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class InClusterDriver:
+    """Actor that drives a ``DistributedKernelShap`` from inside the cluster across many calls.
+
+    Over Ray Client (``ray://``, Kubernetes) a Serve handle does not work and the client
+    link should not be timed: the client creates this actor, calls ``start()`` once (the
+    workers come up outside any timing) and then ``explain(X)`` -> ``(values, seconds)``
+    as often as it likes, and ``close()`` at the end.
+    """
+
+    def __init__(self, explainer_kwargs: dict) -> None:
+        self.explainer = DistributedKernelShap(**explainer_kwargs)
+
+    def start(self) -> float:
+        """Start the workers; returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.explainer.start()
+        return time.perf_counter() - t0
+
+    def explain(self, X: np.ndarray) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        values = self.explainer.explain(X)
+        return values, time.perf_counter() - t0
+
+    def last_run(self) -> dict:
+        return dict(self.explainer.last_run)
+
+    def close(self) -> None:
+        self.explainer.close()

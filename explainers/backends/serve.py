@@ -10,6 +10,7 @@ placed by index, so nothing is lost or duplicated).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -32,6 +33,12 @@ from explainers.backends._common import (
 
 DEPLOYMENT_NAME = "KernelShapReplica"
 BATCH_WAIT_TIMEOUT_S = 0.01
+#: serve_mode="ray": requests in flight per replica (Serve's default of 5 caps ``@serve.batch``)
+MAX_ONGOING_RAY = 1024
+#: serve_mode="default": the client's router holds back requests beyond this cap and re-probes
+#: the busy replicas (0.1 s time-outs), which ruins small batches; a high cap with big batches
+#: lets it pile them onto one replica. About 100 rows in flight per replica is a compromise.
+ROWS_IN_FLIGHT_DEFAULT = 100
 
 
 class KernelShapReplica:
@@ -41,17 +48,24 @@ class KernelShapReplica:
         self._limits = limit_blas_threads(num_cpus)
         self.engine = ray.get(engine_box[0])
         self.explain_instance.set_max_batch_size(max_batch_size)
+        # one explanation at a time, whatever Serve runs concurrently: the replica has one CPU
+        # share, and two engines interleaving on the GIL are slower than one after the other
+        self._busy = threading.Lock()
 
     @serve.batch(max_batch_size=10, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
     async def explain_instance(self, indices: list[int], rows: list[np.ndarray]) -> list[np.ndarray]:
         """``serve_mode="ray"``: a batch of single instances -> their (M,) / (M, K) values."""
         X = np.stack(rows)
-        values = await asyncio.to_thread(explain_indexed, self.engine, indices, X)
+        values = await asyncio.to_thread(self._locked, explain_indexed, self.engine, indices, X)
         return list(values)
+
+    def _locked(self, fn: Any, *args: Any) -> Any:
+        with self._busy:
+            return fn(*args)
 
     def explain_range(self, start: int, X: np.ndarray) -> np.ndarray:
         """``serve_mode="default"``: rows ``X`` (b, D) as instances ``start .. start+b-1``."""
-        return explain_range(self.engine, X, start)
+        return self._locked(explain_range, self.engine, X, start)
 
 
 def app_name(tag: str) -> str:
@@ -71,7 +85,12 @@ def ensure_serve() -> bool:
 
 
 def _deploy(engine_ref: Any, config: BackendConfig) -> Any:
-    n_ongoing = 2 * config.batch_size if config.serve_mode == "ray" else 2
+    # requests wait on the replica, not in the client's router: with a low cap the router
+    # holds requests back and re-probes queue lengths, and @serve.batch batches never fill
+    if config.serve_mode == "ray":
+        n_ongoing = MAX_ONGOING_RAY
+    else:
+        n_ongoing = max(4, ROWS_IN_FLIGHT_DEFAULT // config.batch_size)
     dep = serve.deployment(KernelShapReplica).options(
         name=DEPLOYMENT_NAME,
         num_replicas=config.workers,

@@ -1,0 +1,363 @@
+"""Connecting to a Ray cluster for a session: ``local`` (1 or more nodes), ``auto``, ``ray://``, ``k8s``.
+
+``connect(address, ...)`` returns a :class:`ClusterSession`; ``close()`` undoes only
+what ``connect`` did: a cluster it started is shut down (every Ray process of it), a
+cluster it attached to is only disconnected from. An ``atexit`` hook closes sessions
+that were not closed (Ctrl-C, a crash of the caller), so no Ray process is left behind.
+
+Ray is imported only inside the functions that need it.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import platform
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+#: the values ``address`` may take, for error messages
+ADDRESS_FORMS = "'local', 'auto', 'ray://HOST:PORT' or 'k8s'"
+
+_RAY_CLIENT = re.compile(r"^ray://(?P<host>[^:/\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})/?$")
+
+#: object store per local node unless told otherwise (small: the machine is shared)
+DEFAULT_OBJECT_STORE_BYTES = 300 * 1024**2
+
+
+def address_mode(address: str | None) -> str:
+    """The mode of an address: ``"local"``, ``"auto"``, ``"client"`` (``ray://``) or ``"k8s"``.
+
+    Raises ``ValueError`` naming the allowed forms for anything else.
+    """
+    if address is None or address.strip() in ("", "local"):
+        return "local"
+    address = address.strip()
+    if address in ("auto", "k8s"):
+        return address
+    match = _RAY_CLIENT.match(address)
+    if match:
+        if not 0 < int(match.group("port")) < 65536:
+            raise ValueError(f"Ray address {address!r}: port must be in 1..65535")
+        return "client"
+    raise ValueError(f"unknown Ray address {address!r}: use {ADDRESS_FORMS}")
+
+
+def ray_version() -> str:
+    """The installed Ray version, without importing Ray."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ray")
+    except PackageNotFoundError:  # pragma: no cover - ray is a dependency
+        return "not installed"
+
+
+def split_cpus(total: int, nodes: int) -> list[int]:
+    """``total`` CPUs split over ``nodes`` nodes as evenly as possible (first nodes get the rest).
+
+    ``split_cpus(5, 2) == [3, 2]``. Every node gets at least one CPU.
+    """
+    if nodes < 1:
+        raise ValueError(f"nodes must be >= 1, got {nodes}")
+    if total < nodes:
+        raise ValueError(f"{total} CPUs cannot be split over {nodes} nodes: every node needs at least 1 CPU")
+    base, rest = divmod(total, nodes)
+    return [base + (1 if i < rest else 0) for i in range(nodes)]
+
+
+@dataclass
+class K8sOptions:
+    """How to reach a KubeRay cluster (see ``explainers.k8s``)."""
+
+    namespace: str = "default"
+    cluster: str = "kernelshap"
+    kubeconfig: str | None = None
+    timeout: float = 60.0
+
+
+@dataclass
+class ClusterSession:
+    """A connection of this process to a Ray cluster, and what it started to get it."""
+
+    mode: str
+    address: str
+    started: bool
+    _cluster: Any = None  # ray.cluster_utils.Cluster when we started several local nodes
+    _k8s: Any = None  # explainers.k8s connection when mode == "k8s"
+    _info: dict[str, Any] | None = None
+    _closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # ----------------------------------------------------------------- state
+    @property
+    def is_remote(self) -> bool:
+        """Whether the driver talks to the cluster through Ray Client (``ray://`` or ``k8s``)."""
+        return self.mode in ("client", "k8s")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def k8s(self) -> Any:
+        """The ``explainers.k8s`` connection (``None`` unless ``mode == "k8s"``)."""
+        return self._k8s
+
+    def refresh(self) -> dict[str, Any]:
+        """Re-read nodes and CPUs from the cluster (after scaling) and return :meth:`info`."""
+        self._info = None
+        return self.info()
+
+    def info(self) -> dict[str, Any]:
+        """What this session runs on (read once, cached; :meth:`refresh` re-reads).
+
+        Keys: ``address_mode``, ``address``, ``started``, ``ray_version``,
+        ``python_version``, ``nodes``, ``cpus_per_node`` (list, one per alive node),
+        ``total_cpus``, and ``k8s_cluster`` (``None`` off Kubernetes).
+        """
+        if self._info is None:
+            import ray
+
+            alive = [n for n in ray.nodes() if n.get("Alive", n.get("alive", False))]
+            per_node = [float(n.get("Resources", {}).get("CPU", 0.0)) for n in alive]
+            total = float(ray.cluster_resources().get("CPU", 0.0))
+            k8s_name = None
+            if self._k8s is not None:
+                k8s_name = getattr(self._k8s, "cluster", None)
+            self._info = {
+                "address_mode": self.mode,
+                "address": self.address,
+                "started": self.started,
+                "ray_version": ray.__version__,
+                "python_version": platform.python_version(),
+                "nodes": len(alive),
+                "cpus_per_node": [int(c) if c.is_integer() else c for c in per_node],
+                "total_cpus": int(total) if total.is_integer() else total,
+                "k8s_cluster": k8s_name,
+            }
+        return dict(self._info)
+
+    def node_ids(self) -> list[str]:
+        """Hex ids of the alive nodes."""
+        import ray
+
+        return [n["NodeID"] for n in ray.nodes() if n.get("Alive", False)]
+
+    # ----------------------------------------------------------------- teardown
+    def close(self) -> None:
+        """Disconnect; shut down what :func:`connect` started. Safe to call more than once."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        errors: list[BaseException] = []
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        except BaseException as exc:  # noqa: BLE001 - keep tearing down
+            errors.append(exc)
+        if self._cluster is not None:
+            try:
+                self._cluster.shutdown()
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+            self._cluster = None
+        if self._k8s is not None:
+            try:
+                self._k8s.close()
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+        _OPEN.discard(self)
+        if errors:
+            raise RuntimeError(f"closing the Ray session failed: {errors[0]!r}") from errors[0]
+
+    def __enter__(self) -> "ClusterSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __hash__(self) -> int:  # sessions live in a set until closed
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+_OPEN: set[ClusterSession] = set()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    """Close sessions left open (interrupted runs), so no Ray process outlives this one."""
+    for session in list(_OPEN):
+        try:
+            session.close()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+
+
+def connect(
+    address: str | None = "local",
+    *,
+    nodes: int = 1,
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+    k8s: K8sOptions | None = None,
+    include_dashboard: bool = False,
+    runtime_env: dict[str, Any] | None = None,
+) -> ClusterSession:
+    """Connect this process to Ray and return the session.
+
+    address:
+        ``"local"``: start a cluster on this machine (``nodes`` nodes, ``num_cpus``
+        CPUs in total, default all of this machine's, split between the nodes);
+        ``"auto"``: attach to the cluster already running on this machine;
+        ``"ray://HOST:PORT"``: attach through Ray Client; ``"k8s"``: find a KubeRay
+        cluster through ``explainers.k8s`` (``k8s`` options) and attach to it.
+    nodes, num_cpus, object_store_memory:
+        Only for ``local`` (a ``ValueError`` otherwise); ``object_store_memory`` is per node.
+
+    If Ray is already initialised in this process the session reuses that connection
+    and ``close()`` leaves it alone.
+    """
+    mode = address_mode(address)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise ValueError(f"nodes must be an int >= 1, got {nodes!r}")
+    if mode != "local" and (nodes != 1 or num_cpus is not None):
+        raise ValueError(f"nodes and num_cpus apply to address 'local' only, not {address!r}")
+    if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
+        raise ValueError(f"num_cpus must be an int >= 1, got {num_cpus!r}")
+
+    import ray
+
+    if ray.is_initialized():
+        session = ClusterSession(mode=mode, address=str(address or "local"), started=False)
+        return session
+
+    store = int(object_store_memory or DEFAULT_OBJECT_STORE_BYTES)
+    if mode == "local":
+        session = _start_local(nodes, num_cpus, store, include_dashboard, runtime_env)
+    elif mode == "auto":
+        ray.init(address="auto", runtime_env=runtime_env, log_to_driver=False)
+        session = ClusterSession(mode="auto", address=_gcs_address() or "auto", started=False)
+    elif mode == "client":
+        _init_client(str(address).strip(), runtime_env)
+        session = ClusterSession(mode="client", address=str(address).strip(), started=False)
+    else:
+        session = _connect_k8s(k8s or K8sOptions(), runtime_env)
+    _OPEN.add(session)
+    try:
+        session.info()
+    except BaseException:
+        session.close()
+        raise
+    return session
+
+
+def _init_client(address: str, runtime_env: dict[str, Any] | None, attempts: int = 2) -> None:
+    """``ray.init("ray://...")``; retried once when the head fails to start the client's server.
+
+    The head starts one Ray Client server process per client; on a loaded machine that
+    can fail once with ``ConnectionAbortedError: Initialization failure from server``.
+    """
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            return
+        except ConnectionAbortedError:
+            if ray.is_initialized():
+                ray.shutdown()
+            if attempt == attempts:
+                raise
+            time.sleep(1.0)
+
+
+def _gcs_address() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - only for display
+        return None
+
+
+def _start_local(
+    nodes: int,
+    num_cpus: int | None,
+    store: int,
+    include_dashboard: bool,
+    runtime_env: dict[str, Any] | None,
+) -> ClusterSession:
+    import ray
+
+    total = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
+    if nodes == 1:
+        try:
+            ray.init(
+                num_cpus=total,
+                object_store_memory=store,
+                include_dashboard=include_dashboard,
+                runtime_env=runtime_env,
+                log_to_driver=False,
+            )
+        except BaseException:
+            if ray.is_initialized():
+                ray.shutdown()
+            raise
+        return ClusterSession(mode="local", address=_gcs_address() or "local", started=True)
+
+    from ray.cluster_utils import Cluster
+
+    per_node = split_cpus(total, nodes)
+    cluster = Cluster()
+    try:
+        cluster.add_node(
+            num_cpus=per_node[0], object_store_memory=store, include_dashboard=include_dashboard
+        )
+        for cpus in per_node[1:]:
+            cluster.add_node(num_cpus=cpus, object_store_memory=store)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, runtime_env=runtime_env, log_to_driver=False)
+    except BaseException:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+        raise
+    return ClusterSession(mode="local", address=cluster.address, started=True, _cluster=cluster)
+
+
+def _connect_k8s(options: K8sOptions, runtime_env: dict[str, Any] | None) -> ClusterSession:
+    try:
+        from explainers import k8s as k8s_module
+
+        connect_k8s = k8s_module.connect_k8s
+    except (ImportError, AttributeError) as exc:
+        raise RuntimeError(
+            "--ray-address k8s needs explainers.k8s.connect_k8s, which is not available "
+            f"in this installation ({exc})"
+        ) from exc
+    conn = connect_k8s(
+        options.namespace, options.cluster, kubeconfig=options.kubeconfig, timeout=options.timeout
+    )
+    try:
+        import ray
+
+        init_kwargs: dict[str, Any] = {"log_to_driver": False}
+        if runtime_env is not None:
+            init_kwargs["runtime_env"] = runtime_env
+        if callable(getattr(conn, "connect", None)):
+            conn.connect(**init_kwargs)  # ray.init with the token, version and project checks
+        elif not ray.is_initialized():
+            ray.init(address=conn.address, **init_kwargs)
+    except BaseException:
+        conn.close()
+        raise
+    return ClusterSession(mode="k8s", address=str(conn.address), started=False, _k8s=conn)

@@ -1,0 +1,79 @@
+"""The reference study's scaling experiment as pytest-benchmark tests.
+
+One benchmark per (backend, Serve mode, workers, batch size) from the plugin's options
+(``--backends``, ``--serve-modes``, ``--workers``, ``--batch-sizes``), plus the serial
+baseline ``serial``, which the plugin runs first so that every other benchmark records
+its speedup against it. Each explains the first ``--n-instances`` Adult instances
+``--nruns`` times and checks every round against the serial reference values: a round
+that differs by more than 1e-12 fails inside the timed function, so no time is recorded
+for a wrong answer.
+
+    pytest perf/ --benchmark-autosave
+    pytest perf/ --ray-address local --nodes 2 --backends pool --workers 1,2
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from explainers.pytest_plugin import (
+    ActorNodeTracker,
+    InClusterExplainer,
+    assert_same_values,
+    close_explainer,
+    get_session,
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "scaling_config" in metafunc.fixturenames:
+        configs = get_session(metafunc.config).scaling_configs()
+        metafunc.parametrize("scaling_config", configs, ids=[c.id for c in configs])
+
+
+def test_scaling(
+    request, benchmark, scaling_config, kernelshap_ray, explain_instances, serial_reference, explainer_factory
+):
+    config = scaling_config
+    if config.distributed:
+        request.getfixturevalue("ray_cluster")  # only distributed configurations start Ray
+        kernelshap_ray.require_placeable(config)
+    benchmark.group = config.group
+    X = explain_instances
+
+    explainer = explainer_factory(config)
+    try:
+        tracker = ActorNodeTracker().start() if config.distributed else None
+        # workers (actors, Serve replicas) come up before the clock starts, as in the study;
+        # Ray Data starts its actor pool with every pipeline, so its rounds include that
+        start = getattr(explainer, "start", None)
+        t0 = time.perf_counter()
+        if callable(start):
+            start()
+        startup_seconds = time.perf_counter() - t0
+
+        def explain_and_check():
+            values = explainer.explain(X)
+            assert_same_values(values, serial_reference, config.id)
+            return values
+
+        benchmark.pedantic(explain_and_check, rounds=kernelshap_ray.options.nruns, warmup_rounds=0, iterations=1)
+        nodes_used = tracker.nodes_used(explainer) if tracker is not None else None
+    finally:
+        close_explainer(explainer)
+
+    if benchmark.stats is None:  # --benchmark-disable: the values were checked once, nothing timed
+        return
+    mean = benchmark.stats.stats.mean
+    if not config.distributed:
+        kernelshap_ray.serial_seconds = mean
+    benchmark.extra_info.update(
+        kernelshap_ray.extra_info(
+            config, mean, nsamples=kernelshap_ray.nsamples, exact=kernelshap_ray.exact, nodes_used=nodes_used
+        )
+    )
+    if config.distributed:
+        benchmark.extra_info["startup_seconds"] = startup_seconds
+    if isinstance(explainer, InClusterExplainer):
+        benchmark.extra_info["in_cluster_seconds"] = explainer.seconds

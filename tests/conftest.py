@@ -1,0 +1,66 @@
+"""Shared fixtures of the test suite (fixtures only; helpers live in the test modules)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_ADULT_DIR = REPO_ROOT.parent / "shared" / "data" / "adult"
+
+
+@pytest.fixture(scope="session")
+def adult_data_dir() -> Path | None:
+    """The UCI Adult directory the tests use: ``$ADULT_DATA_DIR``, else ``../shared/data/adult``
+    when it exists, else None (``load_workload`` then downloads into the user cache)."""
+    if os.environ.get("ADULT_DATA_DIR", "").strip():
+        return Path(os.environ["ADULT_DATA_DIR"]).expanduser()
+    return SHARED_ADULT_DIR if SHARED_ADULT_DIR.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def adult_workload(request: pytest.FixtureRequest, adult_data_dir, tmp_path_factory):
+    """The reference Adult workload, loaded once per session.
+
+    The fitted model is cached in ``$EXPLAINERS_CACHE_DIR`` when set, else in pytest's
+    cache directory (``.pytest_cache``), never in the user's cache.
+    """
+    from explainers.adult import CACHE_DIR_ENV, load_workload
+
+    cache_dir = os.environ.get(CACHE_DIR_ENV, "").strip() or None
+    if cache_dir is None:
+        cache = getattr(request.config, "cache", None)
+        cache_dir = cache.mkdir("explainers-models") if cache is not None else tmp_path_factory.mktemp("models")
+    return load_workload(adult_data_dir, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """ONE local Ray for the whole test run (4 logical CPUs, small object store, no dashboard).
+
+    Reuses a Ray that is already initialised (and then leaves it running); otherwise
+    starts one and shuts it (and Serve, if a test started it) down at the end.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(
+        address="local",  # never attach to another cluster on this machine (`ray start`)
+        num_cpus=4,
+        object_store_memory=400 * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        yield ray
+    finally:
+        try:
+            from ray import serve
+
+            serve.shutdown()
+        finally:
+            ray.shutdown()
