@@ -132,34 +132,43 @@ def sampled_plan(n_players: int, nsamples: int, rng: np.random.Generator) -> Coa
     ranks = np.argsort(np.argsort(rng.random((n_draws, m)), axis=1), axis=1)
     draws = ranks < sizes[:, None]
 
-    masks: list[np.ndarray] = []
-    counts: list[float] = []
-    seen: dict[bytes, int] = {}
-    for mask, size in zip(draws, sizes):
-        if samples_left <= 0:
-            break
-        key = mask.tobytes()
-        position = seen.get(key)
-        paired = size <= num_paired
-        if position is None:
-            seen[key] = len(masks)
-            masks.append(mask)
-            counts.append(1.0)
-            samples_left -= 1
-            if paired and samples_left > 0:
-                masks.append(~mask)
-                counts.append(1.0)
-                samples_left -= 1
-        else:
-            counts[position] += 1.0
-            if paired and position + 1 < len(counts) and np.array_equal(masks[position + 1], ~mask):
-                counts[position + 1] += 1.0
-    random_weights = np.array(counts)
-    random_weights *= weight_vector[fixed.num_full_sizes :].sum() / random_weights.sum()
+    masks, counts = _take_draws(draws, sizes <= num_paired, samples_left)
+    random_weights = counts * (weight_vector[fixed.num_full_sizes :].sum() / counts.sum())
     return CoalitionPlan(
-        np.concatenate([fixed.masks, np.array(masks, dtype=bool).reshape(-1, m)]),
+        np.concatenate([fixed.masks, masks]),
         np.concatenate([fixed.weights, random_weights]),
     )
+
+
+def _take_draws(draws: np.ndarray, paired: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """shap's sampling loop, vectorised: walk the draws in order until ``budget`` coalitions are taken.
+
+    ``draws``: ``(n, M)`` bool; ``paired``: ``(n,)``, whether a draw's complement is taken with it.
+    A new coalition costs one (its complement, taken when budget is left, one more); a repeated
+    one adds one to its weight and to its complement's. Returns the coalitions ``(S, M)``, each
+    followed by its complement, and their counts ``(S,)``.
+    """
+    codes = draws @ (1 << np.arange(draws.shape[1], dtype=np.int64))
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    new = first[inverse] == np.arange(len(codes))
+    cost = new * (1 + paired)
+    spent_before = np.cumsum(cost) - cost
+    taken = spent_before < budget  # the draws the loop gets to before the budget runs out
+    with_complement = new & paired & taken & (spent_before + 1 < budget)
+    counts_by_code = np.bincount(inverse[taken], minlength=len(first)).astype(np.float64)
+
+    order = np.flatnonzero(new & taken)
+    slots = 1 + with_complement[order]
+    position = np.cumsum(slots) - slots
+    n_out = int(slots.sum())
+    masks = np.empty((n_out, draws.shape[1]), dtype=bool)
+    counts = np.empty(n_out)
+    masks[position] = draws[order]
+    counts[position] = counts_by_code[inverse[order]]
+    has = with_complement[order]
+    masks[position[has] + 1] = ~draws[order[has]]
+    counts[position[has] + 1] = counts_by_code[inverse[order[has]]]
+    return masks, counts
 
 
 def solve_operator(plan: CoalitionPlan) -> tuple[np.ndarray, np.ndarray]:
