@@ -35,9 +35,10 @@ def adult_workload(request: pytest.FixtureRequest, adult_data_dir, tmp_path_fact
     return load_workload(adult_data_dir, cache_dir=cache_dir)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
-    """ONE local Ray for the whole test run (4 logical CPUs, small object store, no dashboard).
+    """One local Ray per test module (4 logical CPUs, small object store, no dashboard); per module,
+    not per session, because other modules (the k8s attach tests) need Ray disconnected.
 
     Reuses a Ray that is already initialised (and then leaves it running); otherwise
     starts one and shuts it (and Serve, if a test started it) down at the end.

@@ -143,6 +143,14 @@ class Workers:
         """Nothing to wait for: `serve.run` returned once the replicas were ready."""
 
     def close(self) -> None:
+        # stop the handle's router first: its long-poll client would otherwise keep calling
+        # the controller and, once Ray is shut down, auto-start a new local Ray
+        handle = getattr(self, "handle", None)
+        if handle is not None:
+            try:
+                handle.shutdown()
+            except Exception:  # noqa: BLE001 - never mask the real error
+                pass
         try:
             serve.delete(self.name)
         except Exception:  # noqa: BLE001 - never mask the real error
