@@ -65,3 +65,15 @@ def ray_session():
             serve.shutdown()
         finally:
             ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_auth_environment(monkeypatch):
+    """Each test starts without Ray token-auth variables and leaves none behind.
+
+    A local Ray started with ``RAY_AUTH_MODE=token`` and no token dies at start; the k8s
+    attach tests set these variables, and nothing they set may reach later tests.
+    """
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(var, "")  # records the variable, so teardown removes it again
+        monkeypatch.delenv(var)
