@@ -62,7 +62,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from explainers.datasets import ADULT_FILES, APP_NAME, DatasetChecksumError, ensure_adult_files
+from explainers.datasets import ADULT_FILES, APP_NAME, DatasetChecksumError, ensure_adult_files, resolve_dir
 
 __all__ = [
     "AdultWorkload",
@@ -215,14 +215,12 @@ class AdultWorkload:
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Model cache directory: ``cache_dir``, else ``$EXPLAINERS_CACHE_DIR``, else the user cache."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_DIR_ENV, "").strip()
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
+    def user_cache() -> Path:
+        import platformdirs
 
-    return Path(platformdirs.user_cache_dir(APP_NAME)) / "models"
+        return Path(platformdirs.user_cache_dir(APP_NAME)) / "models"
+
+    return resolve_dir(cache_dir, CACHE_DIR_ENV, user_cache)
 
 
 def cache_file_name(data_sha256: str) -> str:

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 __all__ = [
     "ADULT_FILES",
@@ -84,14 +84,19 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_cache_dir(APP_NAME)) / "adult"
 
 
-def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Return the data directory: ``data_dir``, else ``$ADULT_DATA_DIR``, else the user cache."""
-    if data_dir is not None:
-        return Path(data_dir).expanduser()
-    env = os.environ.get(DATA_DIR_ENV, "").strip()
+def resolve_dir(explicit: str | os.PathLike[str] | None, env_var: str, default: Callable[[], Path]) -> Path:
+    """``explicit``, else the directory in ``$env_var`` (when set and not blank), else ``default()``."""
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    env = os.environ.get(env_var, "").strip()
     if env:
         return Path(env).expanduser()
-    return default_data_dir()
+    return default()
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return the data directory: ``data_dir``, else ``$ADULT_DATA_DIR``, else the user cache."""
+    return resolve_dir(data_dir, DATA_DIR_ENV, default_data_dir)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

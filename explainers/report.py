@@ -93,6 +93,12 @@ REFERENCE_FOR_PANEL = {
 _BATCH_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 _BATCH_MARKERS = ("o", "s", "^", "D", "v", "P")
 _SETTING_STYLES = ("-", ":", "-.", (0, (5, 1)))
+
+
+def _series(records: Sequence[Record], panel: str, setting: Any, batch: int | None) -> list[Record]:
+    """The points of one line: a panel's records of one setting and batch size, by workers."""
+    return sorted((r for r in records if r.panel == panel and r.setting == setting
+                   and r.batch_size == batch), key=lambda r: r.workers)
 _REF_STYLES = {
     "pool": ("0.35", "--"),
     "serve": ("0.35", "--"),
@@ -581,8 +587,7 @@ def plot_time_vs_workers(records: Sequence[Record], *, title: str = DEFAULT_TITL
             ls = _SETTING_STYLES[si % len(_SETTING_STYLES)]
             suffix = f" ({slabel[setting]})" if slabel[setting] else ""
             for batch, (color, marker) in styles.items():
-                pts = sorted((r for r in records if r.panel == panel and r.setting == setting
-                              and r.batch_size == batch), key=lambda r: r.workers)
+                pts = _series(records, panel, setting, batch)
                 if not pts:
                     continue
                 x = [r.workers for r in pts]
@@ -633,8 +638,7 @@ def plot_speedup(records: Sequence[Record], *, title: str = DEFAULT_TITLE) -> Fi
             ls = _SETTING_STYLES[si % len(_SETTING_STYLES)]
             suffix = f" ({slabel[setting]})" if slabel[setting] else ""
             for batch, (color, marker) in styles.items():
-                pts = sorted((r for r in recs if r.panel == panel and r.setting == setting
-                              and r.batch_size == batch), key=lambda r: r.workers)
+                pts = _series(recs, panel, setting, batch)
                 if not pts:
                     continue
                 x = [r.workers for r in pts]
@@ -713,8 +717,7 @@ def plot_speedup_vs_reference(records: Sequence[Record], ref: Sequence[Reference
         for si, setting in enumerate(settings):
             suffix = f" ({slabel[setting]})" if slabel[setting] else ""
             for batch, (color, marker) in styles.items():
-                pts = sorted((r for r in recs if r.panel == panel and r.setting == setting
-                              and r.batch_size == batch), key=lambda r: r.workers)
+                pts = _series(recs, panel, setting, batch)
                 if pts:
                     ax.plot([r.workers for r in pts], [r.speedup for r in pts], color=color,
                             marker=marker, markersize=5, zorder=3,
