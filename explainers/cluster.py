@@ -14,9 +14,10 @@ import os
 import platform
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from .ray_client import init_ray_client
 
 #: the values ``address`` may take, for error messages
 ADDRESS_FORMS = "'local', 'auto', 'ray://HOST:PORT' or 'k8s'"
@@ -247,7 +248,7 @@ def connect(
         ray.init(address="auto", runtime_env=runtime_env, log_to_driver=False)
         session = ClusterSession(mode="auto", address=_gcs_address() or "auto", started=False)
     elif mode == "client":
-        _init_client(str(address).strip(), runtime_env)
+        init_ray_client(str(address).strip(), runtime_env=runtime_env, log_to_driver=False)
         session = ClusterSession(mode="client", address=str(address).strip(), started=False)
     else:
         session = _connect_k8s(k8s or K8sOptions(), runtime_env)
@@ -258,26 +259,6 @@ def connect(
         session.close()
         raise
     return session
-
-
-def _init_client(address: str, runtime_env: dict[str, Any] | None, attempts: int = 2) -> None:
-    """``ray.init("ray://...")``; retried once when the head fails to start the client's server.
-
-    The head starts one Ray Client server process per client; on a loaded machine that
-    can fail once with ``ConnectionAbortedError: Initialization failure from server``.
-    """
-    import ray
-
-    for attempt in range(1, attempts + 1):
-        try:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-            return
-        except ConnectionAbortedError:
-            if ray.is_initialized():
-                ray.shutdown()
-            if attempt == attempts:
-                raise
-            time.sleep(1.0)
 
 
 def _gcs_address() -> str | None:

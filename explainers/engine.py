@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from explainers.coalitions import (
-    CoalitionPlan,
     full_plan,
     max_coalitions,
     sampled_plan,

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
+from .ray_client import init_ray_client
+
 __all__ = [
     "K8sError",
     "KubeApi",
@@ -894,8 +896,6 @@ class K8sConnection:
         be imported on the cluster (it is installed in the image built from k8s/Dockerfile,
         or shipped with ``runtime_env={"py_modules": [...]}``).
         """
-        import ray
-
         self.ensure_alive()
         self._auth.apply()
         port = int(self.port_forward.local_port)
@@ -903,21 +903,14 @@ class K8sConnection:
                          what=f"Ray Client server of {self.namespace}/{self.cluster} "
                               "(via kubectl port-forward)")
         init_kwargs.setdefault("logging_level", "WARNING")
-        for attempt in (1, 2):
-            try:
-                ctx = ray.init(self.address, **init_kwargs)
-                break
-            except Exception as exc:
-                self.ensure_alive()
-                # the head starts one server process per client; on a loaded head that
-                # can time out once: try again before giving up
-                if attempt == 1 and "Starting Ray client server failed" in str(exc):
-                    ray.shutdown()
-                    continue
-                err = _rephrase_init_error(exc, self.address)
-                if err is None:
-                    raise
-                raise err from None
+        try:
+            ctx = init_ray_client(self.address, **init_kwargs)
+        except Exception as exc:
+            self.ensure_alive()
+            err = _rephrase_init_error(exc, self.address)
+            if err is None:
+                raise
+            raise err from None
         self._connected = True
         if check_versions:
             self.check_versions(require_project=require_project)

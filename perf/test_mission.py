@@ -12,7 +12,6 @@ import csv
 from importlib import resources
 
 import numpy as np
-import pytest
 
 from explainers import DistributedKernelShap, KernelShap
 

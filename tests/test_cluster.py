@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from explainers.cluster import K8sOptions, address_mode, connect, split_cpus
+from explainers.ray_client import init_ray_client, is_transient_start_failure
 
 
 @pytest.mark.parametrize(
@@ -60,3 +61,46 @@ def test_k8s_failure_leaves_nothing_connected(tmp_path):
         connect("k8s", k8s=K8sOptions(kubeconfig=str(tmp_path / "missing-kubeconfig"), timeout=5))
     assert "kubeconfig" in str(info.value).lower()
     assert not ray.is_initialized()
+
+
+ZOMBIE = ("Initialization failure from server:\nTraceback (most recent call last):\n"
+          "  File \"proxier.py\", line 396, in start_specific_server\n"
+          "psutil.ZombieProcess: PID still exists but it's a zombie (pid=24170)")
+
+
+@pytest.mark.parametrize("exc, transient", [
+    (ConnectionAbortedError(ZOMBIE), True),
+    (ConnectionAbortedError("Initialization failure from server: Starting Ray client server "
+                            "failed. See ray_client_server_23000.err for detailed logs."), True),
+    (RuntimeError("Version mismatch: The cluster was started with: Ray: 2.59.0 ..."), False),
+    (ConnectionAbortedError("Initialization failure from server: authentication failed"), False),
+    (ConnectionError("ray client connection timeout"), False),
+])
+def test_transient_client_start_failures(exc, transient):
+    assert is_transient_start_failure(exc) is transient
+
+
+def test_client_init_retries_only_transient_failures(monkeypatch):
+    import ray
+
+    calls = []
+
+    def flaky_init(address, **kwargs):
+        calls.append(address)
+        if len(calls) == 1:
+            raise ConnectionAbortedError(ZOMBIE)
+        return "context"
+
+    monkeypatch.setattr(ray, "init", flaky_init)
+    assert init_ray_client("ray://127.0.0.1:1", pause=0) == "context"
+    assert len(calls) == 2
+
+    def wrong_version(address, **kwargs):
+        calls.append(address)
+        raise RuntimeError("Version mismatch: Ray: 2.59.0 Python: 3.11.2")
+
+    calls.clear()
+    monkeypatch.setattr(ray, "init", wrong_version)
+    with pytest.raises(RuntimeError, match="Version mismatch"):
+        init_ray_client("ray://127.0.0.1:1", pause=0)
+    assert len(calls) == 1
