@@ -223,6 +223,38 @@ def test_explain_in_cluster_runs_serve_from_a_ray_task(workload, engine_kwargs, 
     assert seconds > 0
 
 
+class ReplicaName:
+    """A deployment that answers with the replica that served the request."""
+
+    async def __call__(self, i: int) -> str:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+
+
+def test_router_splits_a_burst_evenly(no_leftovers):
+    """A burst of requests is spread over the replicas (Serve's default piles them up)."""
+    from ray import serve
+    from ray.serve.config import RequestRouterConfig
+
+    from explainers.backends.serve import ensure_serve
+    from explainers.backends.serve_router import ROUTER_PATH
+
+    ensure_serve()
+    app = serve.deployment(ReplicaName).options(
+        num_replicas=3, max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0},
+        request_router_config=RequestRouterConfig(request_router_class=ROUTER_PATH)).bind()
+    handle = serve.run(app, name="kernelshap-router-test", route_prefix=None)
+    try:
+        for _ in range(2):
+            served = [r.result() for r in [handle.remote(i) for i in range(60)]]
+            counts = sorted(served.count(r) for r in set(served))
+            assert len(counts) == 3 and counts[0] >= 17 and counts[-1] <= 23, counts
+    finally:
+        handle.shutdown()
+        serve.delete("kernelshap-router-test")
+
+
 # ------------------------------------------------------------------ reliability
 def _run_in_thread(explainer, X, kill_after: int):
     """Run ``explain`` in a thread; ``box["started"]`` is set once ``kill_after`` rows are done."""

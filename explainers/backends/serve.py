@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
+from ray.serve.config import RequestRouterConfig
+from ray.serve.schema import LoggingConfig
 
 from explainers.backends._common import (
     Assembler,
@@ -30,15 +32,15 @@ from explainers.backends._common import (
     limit_blas_threads,
     minibatches,
 )
+from explainers.backends.serve_router import ROUTER_PATH
 
 DEPLOYMENT_NAME = "KernelShapReplica"
 BATCH_WAIT_TIMEOUT_S = 0.01
-#: serve_mode="ray": requests in flight per replica (Serve's default of 5 caps ``@serve.batch``)
-MAX_ONGOING_RAY = 1024
-#: serve_mode="default": the client's router holds back requests beyond this cap and re-probes
-#: the busy replicas (0.1 s time-outs), which ruins small batches; a high cap with big batches
-#: lets it pile them onto one replica. About 100 rows in flight per replica is a compromise.
-ROWS_IN_FLIGHT_DEFAULT = 100
+#: requests in flight per replica: every request of a call is sent at once and waits on its
+#: replica (spread evenly by serve_router), not in the client's router, which would hold
+#: requests back and re-probe full replicas with back-off; Serve's default of 5 would also
+#: cap ``@serve.batch`` batches at 5
+MAX_ONGOING_REQUESTS = 1024
 
 
 class KernelShapReplica:
@@ -85,18 +87,14 @@ def ensure_serve() -> bool:
 
 
 def _deploy(engine_ref: Any, config: BackendConfig) -> Any:
-    # requests wait on the replica, not in the client's router: with a low cap the router
-    # holds requests back and re-probes queue lengths, and @serve.batch batches never fill
-    if config.serve_mode == "ray":
-        n_ongoing = MAX_ONGOING_RAY
-    else:
-        n_ongoing = max(4, ROWS_IN_FLIGHT_DEFAULT // config.batch_size)
     dep = serve.deployment(KernelShapReplica).options(
         name=DEPLOYMENT_NAME,
         num_replicas=config.workers,
-        max_ongoing_requests=n_ongoing,
+        max_ongoing_requests=MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": config.num_cpus},
+        logging_config=LoggingConfig(enable_access_log=False),
         health_check_period_s=2,
+        request_router_config=RequestRouterConfig(request_router_class=ROUTER_PATH),
     )
     app = dep.bind([engine_ref], config.num_cpus, config.batch_size)
     return serve.run(app, name=app_name(config.tag), route_prefix=None)
