@@ -504,6 +504,23 @@ class KernelShapRaySession:
         }
 
 
+def actor_pool_start_info(explainer: Any, mean_seconds: float,
+                          serial_seconds: float | None) -> dict[str, Any]:
+    """Ray Data's actor-pool start, which every timed round includes, and the speedup without it.
+
+    Empty unless the explainer's last call reported ``actor_pool_start_seconds``.
+    """
+    start = (getattr(explainer, "last_run", None) or {}).get("actor_pool_start_seconds")
+    if start is None:
+        return {}
+    rest = mean_seconds - start
+    return {
+        "actor_pool_start_seconds": start,
+        "speedup_without_actor_pool_start": (
+            serial_seconds / rest if serial_seconds and rest > 0 else None),
+    }
+
+
 def get_session(config: pytest.Config) -> KernelShapRaySession:
     """The plugin's session object of this pytest run."""
     return config.stash[_SESSION_KEY]
@@ -640,13 +657,15 @@ class SerialExplainer:
 class InClusterExplainer:
     """``explain(X)`` through an :class:`explainers.distributed.InClusterDriver` actor: the
     backend runs inside the cluster (Serve handles do not work over Ray Client), its workers
-    start once in :meth:`start`, and ``seconds`` lists the in-cluster time of each call (the
-    benchmark also times the client round trip).
+    start once in :meth:`start`, ``seconds`` lists the in-cluster time of each call (the
+    benchmark also times the client round trip) and ``last_run`` holds the facts of the last
+    call (see ``DistributedKernelShap.last_run``).
     """
 
     def __init__(self, explainer_kwargs: dict[str, Any]) -> None:
         self.explainer_kwargs = explainer_kwargs
         self.seconds: list[float] = []
+        self.last_run: dict[str, Any] = {}
         self._driver: Any = None
 
     def start(self) -> "InClusterExplainer":
@@ -665,6 +684,7 @@ class InClusterExplainer:
         self.start()
         values, seconds = ray.get(self._driver.explain.remote(np.asarray(X)))
         self.seconds.append(float(seconds))
+        self.last_run = ray.get(self._driver.last_run.remote())
         return values
 
     def close(self) -> None:

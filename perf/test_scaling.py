@@ -20,6 +20,7 @@ import pytest
 from explainers.pytest_plugin import (
     ActorNodeTracker,
     InClusterExplainer,
+    actor_pool_start_info,
     assert_same_values,
     close_explainer,
     get_session,
@@ -75,5 +76,7 @@ def test_scaling(
     )
     if config.distributed:
         benchmark.extra_info["startup_seconds"] = startup_seconds
+        benchmark.extra_info.update(
+            actor_pool_start_info(explainer, mean, kernelshap_ray.serial_seconds))
     if isinstance(explainer, InClusterExplainer):
         benchmark.extra_info["in_cluster_seconds"] = explainer.seconds

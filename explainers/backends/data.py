@@ -4,9 +4,16 @@ The dataset holds only the global indices ``0 .. n-1`` (one block per minibatch)
 engine live in the object store once and each map actor fetches them when it
 starts. Output batches carry their indices, so values are placed back in input
 order whatever order Ray Data yields them (``preserve_order`` is also set).
+
+Ray Data keeps no actors between executions (ray-project/ray#46479), so every call
+starts its actor pool: fresh worker processes that import Ray Data and the model's
+library. Each output batch carries the wall-clock time its actor became ready, and
+``explain`` reports how long after the call's start the last one was
+(``actor_pool_start_seconds``).
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -30,6 +37,7 @@ class KernelShapDataWorker:
         self._limits = limit_blas_threads(num_cpus)
         self.engine = ray.get(engine_box[0])
         self.X = ray.get(X_box[0])
+        self.ready_at = time.time()  # wall clock: compared with the driver's
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         idx = np.asarray(batch["data"], dtype=np.int64)
@@ -42,7 +50,8 @@ class KernelShapDataWorker:
             error = exc.cause_text
             shape = (len(idx), self.engine.n_groups) + np.shape(self.engine.expected_value)
             values = np.zeros(shape)
-        return {"index": idx, "values": values, "error": np.array([error] * len(idx), dtype=object)}
+        return {"index": idx, "values": values, "error": np.array([error] * len(idx), dtype=object),
+                "ready_at": np.full(len(idx), self.ready_at)}
 
 
 class Workers:
@@ -53,8 +62,8 @@ class Workers:
         self.engine_ref, self.config = engine_ref, config
 
     def explain(self, X: np.ndarray, assembler: Assembler) -> dict:
-        run(self.engine_ref, X, self.config, assembler)
-        return {}
+        """Explain ``X`` (n, D); returns ``{"actor_pool_start_seconds": float}``."""
+        return run(self.engine_ref, X, self.config, assembler)
 
     def wait_ready(self) -> None:
         """Nothing to wait for (see the class docstring)."""
@@ -63,10 +72,16 @@ class Workers:
         pass
 
 
-def run(engine_ref: Any, X: np.ndarray, config: BackendConfig, assembler: Assembler) -> None:
-    """Explain ``X`` (n, D) with Ray Data; the actor pool ends with the iteration."""
+def run(engine_ref: Any, X: np.ndarray, config: BackendConfig, assembler: Assembler) -> dict:
+    """Explain ``X`` (n, D) with Ray Data; the actor pool ends with the iteration.
+
+    Returns ``{"actor_pool_start_seconds": s}``: from the call's start until the last actor
+    that explained a batch was ready.
+    """
     from ray.data import ActorPoolStrategy, DataContext
 
+    started_at = time.time()
+    last_ready = started_at
     n = len(X)
     ctx = DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
@@ -94,6 +109,7 @@ def run(engine_ref: Any, X: np.ndarray, config: BackendConfig, assembler: Assemb
             if failed:
                 raise ExplanationError(failed, str(out["error"][out["error"] != ""][0]))
             assembler.put(out["index"].tolist(), out["values"])
+            last_ready = max(last_ready, float(np.max(out["ready_at"])))
     except ExplanationError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -103,3 +119,4 @@ def run(engine_ref: Any, X: np.ndarray, config: BackendConfig, assembler: Assemb
         raise
     finally:
         getattr(batches, "close", lambda: None)()  # stops the executor (and its actor pool) when we leave early
+    return {"actor_pool_start_seconds": last_ready - started_at}

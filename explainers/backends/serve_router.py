@@ -13,7 +13,12 @@ from __future__ import annotations
 import collections
 from typing import Any, List, Optional
 
-from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+from ray.serve.request_router import (
+    PendingRequest,
+    ReplicaID,
+    RequestRouter,
+    RunningReplica,
+)
 
 #: for ``RequestRouterConfig(request_router_class=...)``
 ROUTER_PATH = f"{__name__}:LeastOutstandingRouter"
