@@ -504,15 +504,20 @@ class KernelShapRaySession:
         }
 
 
-def actor_pool_start_info(explainer: Any, mean_seconds: float,
+def round_actor_pool_start(explainer: Any) -> float | None:
+    """Ray Data's actor-pool start in the explainer's last call (``None`` for other backends)."""
+    return (getattr(explainer, "last_run", None) or {}).get("actor_pool_start_seconds")
+
+
+def actor_pool_start_info(starts: Sequence[float | None], mean_seconds: float,
                           serial_seconds: float | None) -> dict[str, Any]:
     """Ray Data's actor-pool start, which every timed round includes, and the speedup without it.
 
-    Empty unless the explainer's last call reported ``actor_pool_start_seconds``.
+    ``starts``: :func:`round_actor_pool_start` of each timed round. Empty unless all are known.
     """
-    start = (getattr(explainer, "last_run", None) or {}).get("actor_pool_start_seconds")
-    if start is None:
+    if not starts or any(s is None for s in starts):
         return {}
+    start = float(np.mean(starts))
     rest = mean_seconds - start
     return {
         "actor_pool_start_seconds": start,

@@ -180,6 +180,8 @@ class Record:
     efficiency: float | None
     nodes_used: int | None
     cluster: Cluster = field(default_factory=Cluster)
+    #: Ray Data: seconds of each round spent starting its actor pool (``None`` otherwise)
+    actor_pool_start_s: float | None = None
 
     @property
     def panel(self) -> str:
@@ -307,6 +309,7 @@ def _parse_benchmark(bench: Any, index: int, source: str, run_dt: str, machine_i
         speedup=_float_or_none(info, "speedup", where),
         efficiency=_float_or_none(info, "efficiency", where),
         nodes_used=nodes, cluster=cluster,
+        actor_pool_start_s=_float_or_none(info, "actor_pool_start_seconds", where),
     )
 
 
@@ -754,7 +757,7 @@ def plot_speedup_vs_reference(records: Sequence[Record], ref: Sequence[Reference
 
 TABLE_COLUMNS = ("backend", "serve mode", "workers", "batch size", "instances", "nsamples", "rounds",
                  "mean s", "stddev s", "min s", "max s", "explanations/s", "speedup", "efficiency",
-                 "nodes used")
+                 "nodes used", "actor pool start s")
 _DASH = "—"
 
 
@@ -776,7 +779,8 @@ def _table(records: Sequence[Record]) -> list[str]:
         cells = (r.backend, _fmt(r.serve_mode), _fmt(r.workers), _fmt(r.batch_size), str(r.n_instances),
                  str(r.nsamples), str(r.rounds), _fmt_s(r.mean), _fmt_s(r.stddev), _fmt_s(r.min),
                  _fmt_s(r.max), f"{r.explanations_per_s:.4g}", _fmt(r.speedup, ".3f"),
-                 _fmt(r.efficiency, ".3f"), _fmt(r.nodes_used))
+                 _fmt(r.efficiency, ".3f"), _fmt(r.nodes_used),
+                 _DASH if r.actor_pool_start_s is None else _fmt_s(r.actor_pool_start_s))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -805,8 +809,10 @@ def render_markdown(records: Sequence[Record], runs: Sequence[_Run], figures: Se
     out += [_run_line(run) for run in runs if run.source in used]
     out += ["", "Times are seconds to explain all the instances of one request: mean, standard "
             "deviation, fastest and slowest of the rounds. Speedup = serial mean / mean, against the "
-            "serial baseline of the same session; efficiency = speedup / workers. "
-            f"{_DASH} = not applicable or not recorded.", ""]
+            "serial baseline of the same session; efficiency = speedup / workers. Ray Data starts "
+            "its actor pool in every round (it keeps no actors between pipelines); the last column "
+            "is how much of the round that took, from the call's start until its last actor was "
+            f"ready. {_DASH} = not applicable or not recorded.", ""]
     for setting in sorted({r.setting for r in records}):
         cluster, n, ns = setting
         out += [f"## {cluster}; {n} instances, nsamples {ns}", ""]

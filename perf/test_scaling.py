@@ -24,6 +24,7 @@ from explainers.pytest_plugin import (
     assert_same_values,
     close_explainer,
     get_session,
+    round_actor_pool_start,
 )
 
 
@@ -54,9 +55,12 @@ def test_scaling(
             start()
         startup_seconds = time.perf_counter() - t0
 
+        pool_starts: list = []  # Ray Data's actor-pool start in each round
+
         def explain_and_check():
             values = explainer.explain(X)
             assert_same_values(values, serial_reference, config.id)
+            pool_starts.append(round_actor_pool_start(explainer))
             return values
 
         benchmark.pedantic(explain_and_check, rounds=kernelshap_ray.options.nruns, warmup_rounds=0, iterations=1)
@@ -77,6 +81,6 @@ def test_scaling(
     if config.distributed:
         benchmark.extra_info["startup_seconds"] = startup_seconds
         benchmark.extra_info.update(
-            actor_pool_start_info(explainer, mean, kernelshap_ray.serial_seconds))
+            actor_pool_start_info(pool_starts, mean, kernelshap_ray.serial_seconds))
     if isinstance(explainer, InClusterExplainer):
         benchmark.extra_info["in_cluster_seconds"] = explainer.seconds
