@@ -10,7 +10,6 @@ placed by index, so nothing is lost or duplicated).
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import Any
 
@@ -50,24 +49,24 @@ class KernelShapReplica:
         self._limits = limit_blas_threads(num_cpus)
         self.engine = ray.get(engine_box[0])
         self.explain_instance.set_max_batch_size(max_batch_size)
-        # one explanation at a time, whatever Serve runs concurrently: the replica has one CPU
-        # share, and two engines interleaving on the GIL are slower than one after the other
-        self._busy = threading.Lock()
+        # one explanation at a time, in the order requests arrived (asyncio.Lock is FIFO):
+        # the replica has one CPU share, two engines interleaving on the GIL are slower than
+        # one after the other, and in-order completion lets the client place results early
+        self._busy = asyncio.Lock()
 
     @serve.batch(max_batch_size=10, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
     async def explain_instance(self, indices: list[int], rows: list[np.ndarray]) -> list[np.ndarray]:
         """``serve_mode="ray"``: a batch of single instances -> their (M,) / (M, K) values."""
-        X = np.stack(rows)
-        values = await asyncio.to_thread(self._locked, explain_indexed, self.engine, indices, X)
+        values = await self._in_turn(explain_indexed, self.engine, indices, np.stack(rows))
         return list(values)
 
-    def _locked(self, fn: Any, *args: Any) -> Any:
-        with self._busy:
-            return fn(*args)
-
-    def explain_range(self, start: int, X: np.ndarray) -> np.ndarray:
+    async def explain_range(self, start: int, X: np.ndarray) -> np.ndarray:
         """``serve_mode="default"``: rows ``X`` (b, D) as instances ``start .. start+b-1``."""
-        return self._locked(explain_range, self.engine, X, start)
+        return await self._in_turn(explain_range, self.engine, X, start)
+
+    async def _in_turn(self, fn: Any, *args: Any) -> Any:
+        async with self._busy:  # the event loop stays free to take requests meanwhile
+            return await asyncio.to_thread(fn, *args)
 
 
 def app_name(tag: str) -> str:
