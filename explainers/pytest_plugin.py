@@ -687,9 +687,10 @@ class InClusterExplainer:
         import ray
 
         self.start()
-        values, seconds = ray.get(self._driver.explain.remote(np.asarray(X)))
+        # one wait for both: the actor runs them in order, so no second client round trip
+        (values, seconds), self.last_run = ray.get(
+            [self._driver.explain.remote(np.asarray(X)), self._driver.last_run.remote()])
         self.seconds.append(float(seconds))
-        self.last_run = ray.get(self._driver.last_run.remote())
         return values
 
     def close(self) -> None:
