@@ -185,7 +185,7 @@ class DistributedKernelShap:
         """Create the workers now and keep them for every ``explain`` until :meth:`stop`.
 
         Without it each ``explain`` creates its workers and removes them when done.
-        (Ray Data starts its actor pool with each pipeline whatever you do.)
+        (For Ray Data the workers are a running pipeline and its actor pool.)
         """
         if self._workers is None:
             self._ensure_ray()

@@ -504,28 +504,6 @@ class KernelShapRaySession:
         }
 
 
-def round_actor_pool_start(explainer: Any) -> float | None:
-    """Ray Data's actor-pool start in the explainer's last call (``None`` for other backends)."""
-    return (getattr(explainer, "last_run", None) or {}).get("actor_pool_start_seconds")
-
-
-def actor_pool_start_info(starts: Sequence[float | None], mean_seconds: float,
-                          serial_seconds: float | None) -> dict[str, Any]:
-    """Ray Data's actor-pool start, which every timed round includes, and the speedup without it.
-
-    ``starts``: :func:`round_actor_pool_start` of each timed round. Empty unless all are known.
-    """
-    if not starts or any(s is None for s in starts):
-        return {}
-    start = float(np.mean(starts))
-    rest = mean_seconds - start
-    return {
-        "actor_pool_start_seconds": start,
-        "speedup_without_actor_pool_start": (
-            serial_seconds / rest if serial_seconds and rest > 0 else None),
-    }
-
-
 def get_session(config: pytest.Config) -> KernelShapRaySession:
     """The plugin's session object of this pytest run."""
     return config.stash[_SESSION_KEY]

@@ -180,8 +180,6 @@ class Record:
     efficiency: float | None
     nodes_used: int | None
     cluster: Cluster = field(default_factory=Cluster)
-    #: Ray Data: seconds of each round spent starting its actor pool (``None`` otherwise)
-    actor_pool_start_s: float | None = None
 
     @property
     def panel(self) -> str:
@@ -309,7 +307,6 @@ def _parse_benchmark(bench: Any, index: int, source: str, run_dt: str, machine_i
         speedup=_float_or_none(info, "speedup", where),
         efficiency=_float_or_none(info, "efficiency", where),
         nodes_used=nodes, cluster=cluster,
-        actor_pool_start_s=_float_or_none(info, "actor_pool_start_seconds", where),
     )
 
 
@@ -757,7 +754,7 @@ def plot_speedup_vs_reference(records: Sequence[Record], ref: Sequence[Reference
 
 TABLE_COLUMNS = ("backend", "serve mode", "workers", "batch size", "instances", "nsamples", "rounds",
                  "mean s", "stddev s", "min s", "max s", "explanations/s", "speedup", "efficiency",
-                 "nodes used", "actor pool start s")
+                 "nodes used")
 _DASH = "—"
 
 
@@ -779,8 +776,7 @@ def _table(records: Sequence[Record]) -> list[str]:
         cells = (r.backend, _fmt(r.serve_mode), _fmt(r.workers), _fmt(r.batch_size), str(r.n_instances),
                  str(r.nsamples), str(r.rounds), _fmt_s(r.mean), _fmt_s(r.stddev), _fmt_s(r.min),
                  _fmt_s(r.max), f"{r.explanations_per_s:.4g}", _fmt(r.speedup, ".3f"),
-                 _fmt(r.efficiency, ".3f"), _fmt(r.nodes_used),
-                 _DASH if r.actor_pool_start_s is None else _fmt_s(r.actor_pool_start_s))
+                 _fmt(r.efficiency, ".3f"), _fmt(r.nodes_used))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -20,11 +20,9 @@ import pytest
 from explainers.pytest_plugin import (
     ActorNodeTracker,
     InClusterExplainer,
-    actor_pool_start_info,
     assert_same_values,
     close_explainer,
     get_session,
-    round_actor_pool_start,
 )
 
 
@@ -47,20 +45,17 @@ def test_scaling(
     explainer = explainer_factory(config)
     try:
         tracker = ActorNodeTracker().start() if config.distributed else None
-        # workers (actors, Serve replicas) come up before the clock starts, as in the study;
-        # Ray Data starts its actor pool with every pipeline, so its rounds include that
+        # workers (actors, Serve replicas, Ray Data's pipeline) come up before the clock starts,
+        # as in the study
         start = getattr(explainer, "start", None)
         t0 = time.perf_counter()
         if callable(start):
             start()
         startup_seconds = time.perf_counter() - t0
 
-        pool_starts: list = []  # Ray Data's actor-pool start in each round
-
         def explain_and_check():
             values = explainer.explain(X)
             assert_same_values(values, serial_reference, config.id)
-            pool_starts.append(round_actor_pool_start(explainer))
             return values
 
         benchmark.pedantic(explain_and_check, rounds=kernelshap_ray.options.nruns, warmup_rounds=0, iterations=1)
@@ -80,7 +75,5 @@ def test_scaling(
     )
     if config.distributed:
         benchmark.extra_info["startup_seconds"] = startup_seconds
-        benchmark.extra_info.update(
-            actor_pool_start_info(pool_starts, mean, kernelshap_ray.serial_seconds))
     if isinstance(explainer, InClusterExplainer):
         benchmark.extra_info["in_cluster_seconds"] = explainer.seconds

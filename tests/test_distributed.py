@@ -6,6 +6,8 @@ workload with a sampled ``nsamples=200`` keeps each explain call short.
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -224,11 +226,14 @@ def test_explain_in_cluster_runs_serve_from_a_ray_task(workload, engine_kwargs, 
 
 
 class ReplicaName:
-    """A deployment that answers with the replica that served the request."""
+    """A deployment that answers with the replica that served the request, after ``seconds``."""
 
-    async def __call__(self, i: int) -> str:
+    async def __call__(self, seconds: float = 0.0) -> str:
+        import asyncio
+
         from ray import serve
 
+        await asyncio.sleep(seconds)  # requests of equal cost, whatever else loads the machine
         return serve.get_replica_context().replica_id.unique_id
 
 
@@ -237,7 +242,7 @@ def test_router_splits_a_burst_evenly(no_leftovers):
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
-    from explainers.backends.serve import ensure_serve
+    from explainers.backends.serve import ensure_serve, wait_routable
     from explainers.backends.serve_router import ROUTER_PATH
 
     ensure_serve()
@@ -246,8 +251,9 @@ def test_router_splits_a_burst_evenly(no_leftovers):
         request_router_config=RequestRouterConfig(request_router_class=ROUTER_PATH)).bind()
     handle = serve.run(app, name="kernelshap-router-test", route_prefix=None)
     try:
+        wait_routable(handle, 3, method_name="__call__")
         for _ in range(2):
-            served = [r.result() for r in [handle.remote(i) for i in range(60)]]
+            served = [r.result() for r in [handle.remote(0.5) for _ in range(60)]]
             counts = sorted(served.count(r) for r in set(served))
             assert len(counts) == 3 and counts[0] >= 17 and counts[-1] <= 23, counts
     finally:
@@ -299,6 +305,22 @@ def test_pool_survives_a_killed_actor(workload, engine_kwargs, X, serial, no_lef
     restarts = [a["NumRestarts"] for a in ray._private.state.actors().values() if a["Name"] == victim[0]["Name"]]
     assert restarts and max(restarts) >= 1, "the killed actor was not restarted"
     assert_same(box["values"], serial)
+
+
+def test_data_survives_a_killed_actor(workload, engine_kwargs, X, serial, no_leftovers):
+    """A Ray Data map actor killed mid-run (SIGKILL, as a crash): the pipeline is replaced
+    and the minibatches that did not come back are sent again."""
+    explainer = DistributedKernelShap(SlowModel(workload.model, 0.05), **engine_kwargs, backend="data",
+                                      workers=2, batch_size=4, progress=False)
+    thread, box = _run_in_thread(explainer, X, kill_after=8)
+    victim = _kill_mid_run(box, thread, len(X), lambda: [
+        a for a in alive_actors() if "KernelShapDataWorker" in a["ActorClassName"]])
+    os.kill(victim[0]["Pid"], signal.SIGKILL)
+    thread.join(timeout=180)
+    assert not thread.is_alive(), "explain hung after a Ray Data actor was killed"
+    assert "error" not in box, box.get("error")
+    assert_same(box["values"], serial)
+    assert explainer.last_run["pipeline_restarts"] >= 1 and explainer.last_run["resent"] >= 1, explainer.last_run
 
 
 def test_serve_survives_a_killed_replica(workload, engine_kwargs, X, serial, no_leftovers):

@@ -22,9 +22,7 @@ import pytest
 from explainers.pytest_plugin import (
     OPTIONS,
     ScalingConfig,
-    actor_pool_start_info,
     default_workers,
-    round_actor_pool_start,
     scaling_grid,
 )
 
@@ -96,21 +94,6 @@ def test_grid_has_serial_first_and_every_combination():
         "serial", "pool-w1-b5", "pool-w2-b5",
         "serve-ray-w1-b5", "serve-ray-w2-b5", "serve-default-w1-b5", "serve-default-w2-b5",
     ]
-
-
-def test_actor_pool_start_info_only_for_ray_data():
-    class Ran:
-        def __init__(self, last_run):
-            self.last_run = last_run
-
-    assert round_actor_pool_start(Ran({"backend": "pool"})) is None
-    assert round_actor_pool_start(object()) is None
-    assert round_actor_pool_start(Ran({"actor_pool_start_seconds": 1.5})) == 1.5
-    assert actor_pool_start_info([None, None], 2.0, 4.0) == {}
-    assert actor_pool_start_info([], 2.0, 4.0) == {}
-    info = actor_pool_start_info([0.5, 1.5], 3.0, 4.0)  # rounds: mean 3 s, of which 1 s start
-    assert info == {"actor_pool_start_seconds": 1.0, "speedup_without_actor_pool_start": 2.0}
-    assert actor_pool_start_info([1.0], 3.0, None)["speedup_without_actor_pool_start"] is None
 
 
 @pytest.mark.parametrize("cpus, expected", [(1, [1]), (2, [1, 2]), (4, [1, 2, 4]), (6, [1, 2, 4, 6]), (8, [1, 2, 4, 8])])

@@ -247,18 +247,6 @@ def test_write_report_takes_the_in_memory_session_json(tmp_path):
     assert {r.source for r in result.records} == {"<session>"}
 
 
-def test_ray_data_actor_pool_start_is_a_column(tmp_path):
-    raw = _raw()
-    data = _benches(raw, "data")
-    for k, bench in enumerate(data):
-        bench["extra_info"]["actor_pool_start_seconds"] = 1.25 + k
-    result = build_report([_write(tmp_path, raw)], tmp_path / "out")
-    rows = _table_rows(result.files["summary"].read_text())
-    starts = sorted(_num(r["actor pool start s"]) for r in rows if r["backend"] == "data")
-    assert starts == [1.25 + k for k in range(len(data))]
-    assert all(r["actor pool start s"] == "—" for r in rows if r["backend"] != "data")
-
-
 def test_missing_speedups_are_derived_from_the_serial_baseline(tmp_path):
     raw = _raw()
     for bench in raw["benchmarks"]:

@@ -1,20 +1,36 @@
-"""Ray Data backend: ``map_batches`` over instance indices with a fixed actor pool.
+"""Ray Data backend: one streaming pipeline per set of workers, fed minibatches through a queue.
 
-The dataset holds only the global indices ``0 .. n-1`` (one block per minibatch); the rows ``X`` and the
-engine live in the object store once and each map actor fetches them when it
-starts. Output batches carry their indices, so values are placed back in input
-order whatever order Ray Data yields them (``preserve_order`` is also set).
+The pipeline is ``read_datasource(MinibatchSource) -> map_batches(KernelShapDataWorker,
+compute=ActorPoolStrategy(size=workers))``. Ray Data fuses the read into the map actors
+(both ask for the same resources), so each of the ``workers`` actors runs one reader that
+takes the next minibatch from a :class:`MinibatchQueue` actor whenever it is free: the
+work balances itself, as in an actor pool. A row of the dataset is one minibatch,
+``{"call", "start", "x": (b, D)}``, and the map turns it into
+``{"call", "start", "values": (b, M) or (b, M, K), "error"}``; the driver places values by
+``start``, so the order Ray Data yields them in does not matter.
 
-Ray Data keeps no actors between executions (ray-project/ray#46479), so every call
-starts its actor pool: fresh worker processes that import Ray Data and the model's
-library. Each output batch carries the wall-clock time its actor became ready, and
-``explain`` reports how long after the call's start the last one was
-(``actor_pool_start_seconds``).
+Why a queue: Ray Data keeps no actors between executions (ray-project/ray#46479), and a
+fresh actor pool (new processes importing Ray Data and the model's library) costs
+seconds. This way the pipeline, and its actors, start with the workers
+(``DistributedKernelShap.start``) like the pool's actors and Serve's replicas, and end
+with :meth:`Workers.close`.
+
+A map actor that dies takes its minibatch with it. When Ray Data restarts it, its
+reader registers again and the queue stops the pipeline; ``explain`` then starts a new
+one and sends the minibatches still missing (values are deterministic and placed by
+index, so nothing is lost or counted twice). A pipeline that fails is replaced the same
+way, at most ``max_retries`` times per call.
 """
 from __future__ import annotations
 
+import asyncio
+import itertools
+import queue
+import threading
 import time
-from typing import Any
+import uuid
+from collections import deque
+from typing import Any, Iterator
 
 import numpy as np
 import ray
@@ -23,100 +39,286 @@ from explainers.backends._common import (
     Assembler,
     BackendConfig,
     ExplanationError,
-    explain_indexed,
-    find_explanation_error,
+    explain_range,
     limit_blas_threads,
     minibatches,
 )
 
+READY_TIMEOUT_S = 300.0
+CLOSE_TIMEOUT_S = 60.0
+
+
+class MinibatchQueue:
+    """Async actor: the minibatches waiting for a reader, FIFO; items are ``(call, start, stop, X_ref)``.
+
+    Readers (the map actors' read tasks) register when they start. One more reader than
+    the pipeline has means a map actor was restarted or replaced, so the minibatches
+    some reader held are lost: the queue then stops every reader and the pipeline ends,
+    and the driver starts a new one. (Letting Ray retry a reader is no use: a retried
+    streaming task's first outputs are dropped as already seen, and these differ.)
+    """
+
+    def __init__(self, readers: int) -> None:
+        self._expected = readers
+        self._items: deque = deque()
+        self._changed = asyncio.Condition()
+        self._registered = 0
+        self._stopping = False
+
+    async def register(self) -> None:
+        async with self._changed:
+            self._registered += 1
+            if self._registered > self._expected:
+                self._stopping = True
+            self._changed.notify_all()
+
+    async def wait_readers(self, timeout: float) -> int:
+        """How many readers have registered, once all have (or after ``timeout`` s)."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self._registered >= self._expected),
+                                       timeout)
+            except asyncio.TimeoutError:
+                pass
+            return self._registered
+
+    async def put(self, items: list) -> None:
+        async with self._changed:
+            self._items.extend(items)
+            self._changed.notify_all()
+
+    async def take(self) -> tuple | None:
+        """The next item; ``None`` once stopping."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._items or self._stopping)
+            return None if self._stopping else self._items.popleft()
+
+    async def drop(self, call: int) -> None:
+        """Forget the waiting minibatches of ``call`` (it failed)."""
+        async with self._changed:
+            self._items = deque(item for item in self._items if item[0] != call)
+
+    async def stop(self) -> None:
+        async with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+
+
+def read_minibatches(minibatch_queue: Any) -> Iterator[Any]:
+    """A reader: one-row blocks ``{"call", "start", "x": (1, b, D)}`` taken from the queue."""
+    from ray.data.block import BlockAccessor
+
+    ray.get(minibatch_queue.register.remote())
+    call, X = None, None
+    while True:
+        item = ray.get(minibatch_queue.take.remote())
+        if item is None:
+            return
+        if item[0] != call:
+            call, X = item[0], ray.get(item[3])
+        start, stop = item[1], item[2]
+        yield BlockAccessor.batch_to_block(
+            {"call": np.array([call]), "start": np.array([start]), "x": X[start:stop][None]})
+
+
+def _source_class() -> type:
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class MinibatchSource(Datasource):
+        """``readers`` read tasks, each running :func:`read_minibatches` until the queue stops."""
+
+        def __init__(self, minibatch_queue: Any, readers: int) -> None:
+            self.minibatch_queue, self.readers = minibatch_queue, readers
+
+        def estimate_inmemory_data_size(self) -> None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list:
+            q = self.minibatch_queue
+            meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
+            return [ReadTask(lambda: read_minibatches(q), meta) for _ in range(self.readers)]
+
+    return MinibatchSource
+
 
 class KernelShapDataWorker:
-    """Callable class for ``map_batches``: ``{"data": (b,) indices}`` -> ``{"index", "values", "error"}``."""
+    """Callable class for ``map_batches``: minibatch rows -> their values (or the error)."""
 
-    def __init__(self, engine_box: list, X_box: list, num_cpus: float) -> None:
+    def __init__(self, engine_box: list, num_cpus: float) -> None:
         self._limits = limit_blas_threads(num_cpus)
         self.engine = ray.get(engine_box[0])
-        self.X = ray.get(X_box[0])
-        self.ready_at = time.time()  # wall clock: compared with the driver's
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        idx = np.asarray(batch["data"], dtype=np.int64)
-        error = ""
-        try:
-            values = explain_indexed(self.engine, idx.tolist(), self.X[idx])
-        except ExplanationError as exc:
-            # Returned as data: Ray Data re-raises UDF errors without their cause, which
-            # would lose the rows; the driver raises it and stops the pipeline.
-            error = exc.cause_text
-            shape = (len(idx), self.engine.n_groups) + np.shape(self.engine.expected_value)
-            values = np.zeros(shape)
-        return {"index": idx, "values": values, "error": np.array([error] * len(idx), dtype=object),
-                "ready_at": np.full(len(idx), self.ready_at)}
+        """``{"call": (k,), "start": (k,), "x": (k, b, D)}`` -> ``values`` (k, b, M[, K]) and ``error`` (k,)."""
+        values, errors = [], []
+        for start, x in zip(batch["start"].tolist(), batch["x"]):
+            x = np.asarray(x)
+            try:
+                values.append(explain_range(self.engine, x, start))
+                errors.append("")
+            except ExplanationError as exc:
+                # Returned as data: Ray Data re-raises UDF errors without their cause, and
+                # the pipeline outlives this call.
+                shape = (len(x), self.engine.n_groups) + np.shape(self.engine.expected_value)
+                values.append(np.zeros(shape))
+                errors.append(exc.cause_text)
+        return {"call": batch["call"], "start": batch["start"], "values": np.stack(values),
+                "error": np.array(errors, dtype=object)}
 
 
 class Workers:
-    """Ray Data keeps no actors between executions: each ``explain`` runs a pipeline
-    whose actor pool starts with it and ends with its iteration."""
+    """A running Ray Data pipeline of ``config.workers`` map actors, until :meth:`close`."""
 
     def __init__(self, engine_ref: Any, config: BackendConfig) -> None:
-        self.engine_ref, self.config = engine_ref, config
-
-    def explain(self, X: np.ndarray, assembler: Assembler) -> dict:
-        """Explain ``X`` (n, D); returns ``{"actor_pool_start_seconds": float}``."""
-        return run(self.engine_ref, X, self.config, assembler)
+        self.config = config
+        self._engine_ref = engine_ref
+        self._calls = itertools.count()
+        self._lock = threading.Lock()
+        self._pipeline: _Pipeline | None = _Pipeline(engine_ref, config)
 
     def wait_ready(self) -> None:
-        """Nothing to wait for (see the class docstring)."""
+        """Block until every map actor has started and its reader waits for work."""
+        self._pipeline.wait_ready()
+
+    def explain(self, X: np.ndarray, assembler: Assembler) -> dict:
+        """Explain ``X`` (n, D); returns ``{"resent": minibatches sent again, "pipeline_restarts": n}``."""
+        with self._lock:
+            call = next(self._calls)
+            X_ref = ray.put(X)
+            todo = dict(minibatches(len(X), self.config.batch_size))  # start -> stop, until placed
+            self._pipeline.send([(call, s, t, X_ref) for s, t in todo.items()])
+            try:
+                return self._collect(call, X_ref, todo, assembler)
+            except BaseException:
+                if self._pipeline is not None and self._pipeline.thread.is_alive():
+                    self._pipeline.drop(call)  # its minibatches still waiting are of no use now
+                raise
+
+    def _collect(self, call: int, X_ref: Any, todo: dict[int, int], assembler: Assembler) -> dict:
+        config, pipeline = self.config, self._pipeline
+        resent = restarts = 0
+        while todo:
+            kind, payload = pipeline.outputs.get()  # the iterating thread always ends with "stopped"
+            if kind == "batch":
+                for c, start, values, error in zip(payload["call"].tolist(), payload["start"].tolist(),
+                                                   payload["values"], payload["error"]):
+                    if c != call or start not in todo:
+                        continue  # an earlier, failed call's, or a minibatch sent twice
+                    if error:
+                        raise ExplanationError(range(start, todo[start]), str(error))
+                    assembler.put(slice(start, todo.pop(start)), values)
+                continue
+            # the pipeline stopped (payload: its exception, or None if it ended)
+            if restarts >= config.max_retries:
+                raise RuntimeError(f"the Ray Data pipeline stopped {restarts + 1} times; giving up "
+                                   f"({type(payload).__name__}: {payload})") from payload
+            restarts += 1
+            self._pipeline = None
+            pipeline.close()
+            self._pipeline = pipeline = _Pipeline(self._engine_ref, config)
+            pipeline.wait_ready()
+            pipeline.send([(call, s, t, X_ref) for s, t in todo.items()])
+            resent += len(todo)
+        return {"resent": resent, "pipeline_restarts": restarts}
 
     def close(self) -> None:
-        pass
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            pipeline.close()
 
 
-def run(engine_ref: Any, X: np.ndarray, config: BackendConfig, assembler: Assembler) -> dict:
-    """Explain ``X`` (n, D) with Ray Data; the actor pool ends with the iteration.
+def _check_fused(dataset: Any) -> None:
+    """Refuse a plan whose reads would run as tasks: they would hold CPUs forever, waiting."""
+    import contextlib
+    import io
 
-    Returns ``{"actor_pool_start_seconds": s}``: from the call's start until the last actor
-    that explained a batch was ready.
-    """
-    from ray.data import ActorPoolStrategy, DataContext
+    plan = io.StringIO()
+    with contextlib.redirect_stdout(plan):
+        dataset.explain()
+    optimized = plan.getvalue().rpartition("Physical Plan (Optimized)")[2]
+    if "ReadMinibatchSource->MapBatches(KernelShapDataWorker)" not in optimized:
+        raise RuntimeError(f"Ray Data did not fuse the minibatch reads into the map actors:{optimized}")
 
-    started_at = time.time()
-    last_ready = started_at
-    n = len(X)
-    ctx = DataContext.get_current()
-    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
-    try:
-        # Datasets copy the current context when created: set, build, restore.
-        ctx.execution_options.preserve_order = True
-        ctx.enable_progress_bars = False
-        # One in-memory block per minibatch: no read tasks competing with the actors
-        # for CPUs, and the blocks spread evenly over the pool.
-        ds = ray.data.from_numpy([np.arange(s, t) for s, t in minibatches(n, config.batch_size)])
-        ds = ds.map_batches(
-            KernelShapDataWorker,
-            batch_size=config.batch_size,
-            batch_format="numpy",
-            compute=ActorPoolStrategy(size=min(config.workers, -(-n // config.batch_size))),
-            num_cpus=config.num_cpus,
-            fn_constructor_args=([engine_ref], [ray.put(X)], config.num_cpus),
-        )
-    finally:
-        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
-    batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
-    try:
-        for out in batches:
-            failed = [i for i, e in zip(out["index"].tolist(), out["error"]) if e]
-            if failed:
-                raise ExplanationError(failed, str(out["error"][out["error"] != ""][0]))
-            assembler.put(out["index"].tolist(), out["values"])
-            last_ready = max(last_ready, float(np.max(out["ready_at"])))
-    except ExplanationError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        err = find_explanation_error(exc)
-        if err is not None:
-            raise ExplanationError(err.rows, err.cause_text) from None
-        raise
-    finally:
-        getattr(batches, "close", lambda: None)()  # stops the executor (and its actor pool) when we leave early
-    return {"actor_pool_start_seconds": last_ready - started_at}
+
+class _Pipeline:
+    """The queue actor, the dataset and the driver thread that iterates it."""
+
+    def __init__(self, engine_ref: Any, config: BackendConfig) -> None:
+        self.config = config
+        self.outputs: queue.Queue = queue.Queue()
+        self.queue = ray.remote(MinibatchQueue).options(
+            name=f"kernelshap-data-queue-{config.tag}-{uuid.uuid4().hex[:6]}", num_cpus=0, max_restarts=0).remote(config.workers)
+        try:
+            self.dataset = self._build(engine_ref, config)
+        except BaseException:
+            ray.kill(self.queue)
+            raise
+        self.thread = threading.Thread(target=self._iterate, name=f"kernelshap-data-{config.tag}", daemon=True)
+        self.thread.start()
+
+    def _build(self, engine_ref: Any, config: BackendConfig) -> Any:
+        from ray.data import ActorPoolStrategy, DataContext
+
+        ctx = DataContext.get_current()
+        saved = (ctx.target_max_block_size, ctx.enable_progress_bars, ctx.execution_no_progress_timeout_s)
+        try:
+            # Datasets copy the current context when created: set, build, restore.
+            # Blocks of one row flush at once (the default buffers 128 MiB), and the
+            # pipeline may sit idle between calls.
+            ctx.target_max_block_size = 1
+            ctx.enable_progress_bars = False
+            ctx.execution_no_progress_timeout_s = -1
+            ds = ray.data.read_datasource(_source_class()(self.queue, config.workers),
+                                          override_num_blocks=config.workers, num_cpus=config.num_cpus)
+            ds = ds.map_batches(
+                KernelShapDataWorker,
+                batch_size=None,  # a block, one minibatch: Ray Data fuses no read into a batching map
+                batch_format="numpy",
+                compute=ActorPoolStrategy(size=config.workers, max_tasks_in_flight_per_actor=1),
+                num_cpus=config.num_cpus,
+                fn_constructor_args=([engine_ref], config.num_cpus),
+            )
+        finally:
+            ctx.target_max_block_size, ctx.enable_progress_bars, ctx.execution_no_progress_timeout_s = saved
+        _check_fused(ds)
+        return ds
+
+    def _iterate(self) -> None:
+        try:
+            for batch in self.dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+                self.outputs.put(("batch", batch))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller of explain
+            self.outputs.put(("stopped", exc))
+        else:
+            self.outputs.put(("stopped", None))
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            readers = ray.get(self.queue.wait_readers.remote(0.5))
+            if readers >= self.config.workers:
+                return
+            if not self.thread.is_alive():
+                kind, payload = self.outputs.get()
+                raise RuntimeError(f"the Ray Data pipeline stopped while starting: {payload!r}") from payload
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{readers} of {self.config.workers} Ray Data actors started "
+                                   f"in {READY_TIMEOUT_S:g} s")
+
+    def send(self, items: list) -> None:
+        ray.get(self.queue.put.remote(items))
+
+    def drop(self, call: int) -> None:
+        ray.get(self.queue.drop.remote(call))
+
+    def close(self) -> None:
+        """Stop the readers (the pipeline then ends, and Ray Data removes its actors)."""
+        try:
+            ray.get(self.queue.stop.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - the queue is gone: the readers fail and stop
+            pass
+        self.thread.join(timeout=CLOSE_TIMEOUT_S)
+        ray.kill(self.queue)
+        self.thread.join(timeout=CLOSE_TIMEOUT_S)

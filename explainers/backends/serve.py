@@ -64,6 +64,10 @@ class KernelShapReplica:
         """``serve_mode="default"``: rows ``X`` (b, D) as instances ``start .. start+b-1``."""
         return await self._in_turn(explain_range, self.engine, X, start)
 
+    async def replica_id(self) -> str:
+        """Which replica answered (see :func:`wait_routable`)."""
+        return serve.get_replica_context().replica_id.unique_id
+
     async def _in_turn(self, fn: Any, *args: Any) -> Any:
         async with self._busy:  # the event loop stays free to take requests meanwhile
             return await asyncio.to_thread(fn, *args)
@@ -83,6 +87,24 @@ def ensure_serve() -> bool:
     except ValueError:
         serve.start(proxy_location="Disabled")
         return True
+
+
+def wait_routable(handle: Any, replicas: int, method_name: str = "replica_id", timeout: float = 60.0) -> None:
+    """Block until ``handle``'s router sends requests to all ``replicas`` replicas.
+
+    ``serve.run`` returns once the replicas run, but the handle learns of them by long
+    poll, a moment later: a burst sent before would be split over the replicas it knows.
+    ``method_name`` answers with the replica's ID.
+    """
+    method = handle.options(method_name=method_name)
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while len(seen) < replicas:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the Serve handle reached {len(seen)} of {replicas} replicas in {timeout:g} s")
+        seen.update(r.result() for r in [method.remote() for _ in range(replicas)])
+        if len(seen) < replicas:
+            time.sleep(0.05)
 
 
 def _deploy(engine_ref: Any, config: BackendConfig) -> Any:
@@ -108,6 +130,7 @@ class Workers:
         ensure_serve()
         try:
             self.handle = _deploy(engine_ref, config)
+            wait_routable(self.handle, config.workers)
         except BaseException:
             self.close()
             raise
@@ -137,7 +160,7 @@ class Workers:
         return {"resent": _collect(items, send, place, config.max_retries)}
 
     def wait_ready(self) -> None:
-        """Nothing to wait for: `serve.run` returned once the replicas were ready."""
+        """Nothing more to wait for: the constructor waited until the handle reaches every replica."""
 
     def close(self) -> None:
         # stop the handle's router first: its long-poll client would otherwise keep calling
