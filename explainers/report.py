@@ -804,11 +804,11 @@ def render_markdown(records: Sequence[Record], runs: Sequence[_Run], figures: Se
     out = [f"# {title}", "", "Results from:", ""]
     out += [_run_line(run) for run in runs if run.source in used]
     out += ["", "Times are seconds to explain all the instances of one request: mean, standard "
-            "deviation, fastest and slowest of the rounds. Speedup = serial mean / mean, against the "
-            "serial baseline of the same session; efficiency = speedup / workers. Ray Data starts "
-            "its actor pool in every round (it keeps no actors between pipelines); the last column "
-            "is how much of the round that took, from the call's start until its last actor was "
-            f"ready. {_DASH} = not applicable or not recorded.", ""]
+            "deviation, fastest and slowest of the rounds. Speedup = serial time / time, against the "
+            "serial baseline of the same session, as each benchmark recorded it (`perf/test_scaling.py`: "
+            "means; `perf/test_backends.py`: fastest rounds); efficiency = speedup / workers. Workers "
+            "(actors, Serve replicas, Ray Data's pipeline) start before the clock. "
+            f"{_DASH} = not applicable or not recorded.", ""]
     for setting in sorted({r.setting for r in records}):
         cluster, n, ns = setting
         out += [f"## {cluster}; {n} instances, nsamples {ns}", ""]
