@@ -640,15 +640,13 @@ class SerialExplainer:
 class InClusterExplainer:
     """``explain(X)`` through an :class:`explainers.distributed.InClusterDriver` actor: the
     backend runs inside the cluster (Serve handles do not work over Ray Client), its workers
-    start once in :meth:`start`, ``seconds`` lists the in-cluster time of each call (the
-    benchmark also times the client round trip) and ``last_run`` holds the facts of the last
-    call (see ``DistributedKernelShap.last_run``).
+    start once in :meth:`start`, and ``seconds`` lists the in-cluster time of each call (the
+    benchmark also times the client round trip).
     """
 
     def __init__(self, explainer_kwargs: dict[str, Any]) -> None:
         self.explainer_kwargs = explainer_kwargs
         self.seconds: list[float] = []
-        self.last_run: dict[str, Any] = {}
         self._driver: Any = None
 
     def start(self) -> "InClusterExplainer":
@@ -665,9 +663,7 @@ class InClusterExplainer:
         import ray
 
         self.start()
-        # one wait for both: the actor runs them in order, so no second client round trip
-        (values, seconds), self.last_run = ray.get(
-            [self._driver.explain.remote(np.asarray(X)), self._driver.last_run.remote()])
+        values, seconds = ray.get(self._driver.explain.remote(np.asarray(X)))
         self.seconds.append(float(seconds))
         return values
 

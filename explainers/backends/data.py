@@ -188,7 +188,7 @@ class Workers:
             call = next(self._calls)
             X_ref = ray.put(X)
             todo = dict(minibatches(len(X), self.config.batch_size))  # start -> stop, until placed
-            self._pipeline.send([(call, s, t, X_ref) for s, t in todo.items()])
+            self._pipeline.send(call, X_ref, todo)
             try:
                 return self._collect(call, X_ref, todo, assembler)
             except BaseException:
@@ -219,7 +219,7 @@ class Workers:
             pipeline.close()
             self._pipeline = pipeline = _Pipeline(self._engine_ref, config)
             pipeline.wait_ready()
-            pipeline.send([(call, s, t, X_ref) for s, t in todo.items()])
+            pipeline.send(call, X_ref, todo)
             resent += len(todo)
         return {"resent": resent, "pipeline_restarts": restarts}
 
@@ -307,8 +307,9 @@ class _Pipeline:
                 raise TimeoutError(f"{readers} of {self.config.workers} Ray Data actors started "
                                    f"in {READY_TIMEOUT_S:g} s")
 
-    def send(self, items: list) -> None:
-        ray.get(self.queue.put.remote(items))
+    def send(self, call: int, X_ref: Any, todo: dict[int, int]) -> None:
+        """Queue the minibatches ``todo`` (start -> stop) of ``call``, whose rows are ``X_ref``."""
+        ray.get(self.queue.put.remote([(call, start, stop, X_ref) for start, stop in todo.items()]))
 
     def drop(self, call: int) -> None:
         ray.get(self.queue.drop.remote(call))
