@@ -323,6 +323,20 @@ def test_data_survives_a_killed_actor(workload, engine_kwargs, X, serial, no_lef
     assert explainer.last_run["pipeline_restarts"] >= 1 and explainer.last_run["resent"] >= 1, explainer.last_run
 
 
+def test_data_starts_a_pipeline_when_a_failed_restart_left_none(workload, engine_kwargs, X, serial,
+                                                               no_leftovers):
+    """A replacement pipeline that failed to start leaves none: the next call starts one."""
+    explainer = DistributedKernelShap(workload.predict_proba, **engine_kwargs, backend="data",
+                                      workers=2, batch_size=10, progress=False)
+    with explainer:
+        assert_same(explainer.explain(X[:20]), serial[:20])
+        workers = explainer._workers
+        workers._pipeline.close()
+        workers._pipeline = None  # what a replacement that raised while starting leaves
+        assert_same(explainer.explain(X), serial)
+        assert workers._pipeline is not None
+
+
 def test_serve_survives_a_killed_replica(workload, engine_kwargs, X, serial, no_leftovers):
     # 17 requests of 4 rows over 2 replicas that always have requests in flight
     explainer = DistributedKernelShap(SlowModel(workload.model, 0.05), **engine_kwargs, backend="serve",

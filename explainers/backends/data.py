@@ -180,7 +180,14 @@ class Workers:
 
     def wait_ready(self) -> None:
         """Block until every map actor has started and its reader waits for work."""
+        self._running_pipeline()
+
+    def _running_pipeline(self) -> _Pipeline:
+        """The pipeline, started again if a failed restart left none."""
+        if self._pipeline is None:
+            self._pipeline = _Pipeline(self._engine_ref, self.config)
         self._pipeline.wait_ready()
+        return self._pipeline
 
     def explain(self, X: np.ndarray, assembler: Assembler) -> dict:
         """Explain ``X`` (n, D); returns ``{"resent": minibatches sent again, "pipeline_restarts": n}``."""
@@ -188,7 +195,7 @@ class Workers:
             call = next(self._calls)
             X_ref = ray.put(X)
             todo = dict(minibatches(len(X), self.config.batch_size))  # start -> stop, until placed
-            self._pipeline.send(call, X_ref, todo)
+            self._running_pipeline().send(call, X_ref, todo)
             try:
                 return self._collect(call, X_ref, todo, assembler)
             except BaseException:
