@@ -806,7 +806,8 @@ def render_markdown(records: Sequence[Record], runs: Sequence[_Run], figures: Se
     out += ["", "Times are seconds to explain all the instances of one request: mean, standard "
             "deviation, fastest and slowest of the rounds. Speedup = serial time / time, against the "
             "serial baseline of the same session, as each benchmark recorded it (`perf/test_scaling.py`: "
-            "means; `perf/test_backends.py`: fastest rounds); efficiency = speedup / workers. Workers "
+            "means; `perf/test_backends.py`: fastest rounds, against serial rounds timed between the "
+            "backend's rounds); efficiency = speedup / workers. Workers "
             "(actors, Serve replicas, Ray Data's pipeline) start before the clock. "
             f"{_DASH} = not applicable or not recorded.", ""]
     for setting in sorted({r.setting for r in records}):

@@ -15,6 +15,9 @@ seconds. This way the pipeline, and its actors, start with the workers
 (``DistributedKernelShap.start``) like the pool's actors and Serve's replicas, and end
 with :meth:`Workers.close`.
 
+While a call has no minibatch left to hand out, idle readers yield heartbeat rows (see
+:meth:`MinibatchQueue.take`), so Ray Data's executor passes the last values on at once.
+
 A map actor that dies takes its minibatch with it. When Ray Data restarts it, its
 reader registers again and the queue stops the pipeline; ``explain`` then starts a new
 one and sends the minibatches still missing (values are deterministic and placed by
@@ -46,6 +49,11 @@ from explainers.backends._common import (
 
 READY_TIMEOUT_S = 300.0
 CLOSE_TIMEOUT_S = 60.0
+#: how often a reader with nothing to do says so while a call is in progress (see
+#: :meth:`MinibatchQueue.take`)
+IDLE_HEARTBEAT_S = 0.02
+#: ``call`` of an idle heartbeat row
+IDLE = -1
 
 
 class MinibatchQueue:
@@ -64,6 +72,7 @@ class MinibatchQueue:
         self._changed = asyncio.Condition()
         self._registered = 0
         self._stopping = False
+        self._calls: set[int] = set()  # calls in progress: put, not yet finished or dropped
 
     async def register(self) -> None:
         async with self._changed:
@@ -84,18 +93,40 @@ class MinibatchQueue:
 
     async def put(self, items: list) -> None:
         async with self._changed:
+            self._calls.update(item[0] for item in items)
             self._items.extend(items)
             self._changed.notify_all()
 
-    async def take(self) -> tuple | None:
-        """The next item; ``None`` once stopping."""
+    async def take(self) -> tuple | int | None:
+        """The next item; ``None`` once stopping.
+
+        While a call is in progress but has no minibatch left to hand out, returns
+        :data:`IDLE` after :data:`IDLE_HEARTBEAT_S`, and the reader yields a heartbeat
+        row. Ray Data's executor waits until every running read task has output, or
+        0.1 s, once to collect a block and once more to pass it on: without heartbeats
+        from the readers that are done, a call's last minibatches would wait for both
+        timeouts.
+        """
         async with self._changed:
-            await self._changed.wait_for(lambda: self._items or self._stopping)
+            ready = lambda: self._items or self._stopping  # noqa: E731
+            if self._calls:
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(ready), IDLE_HEARTBEAT_S)
+                except asyncio.TimeoutError:
+                    return IDLE
+            else:
+                await self._changed.wait_for(ready)
             return None if self._stopping else self._items.popleft()
+
+    async def finish(self, call: int) -> None:
+        """``call`` has all its values: no more heartbeats for it."""
+        async with self._changed:
+            self._calls.discard(call)
 
     async def drop(self, call: int) -> None:
         """Forget the waiting minibatches of ``call`` (it failed)."""
         async with self._changed:
+            self._calls.discard(call)
             self._items = deque(item for item in self._items if item[0] != call)
 
     async def stop(self) -> None:
@@ -105,7 +136,8 @@ class MinibatchQueue:
 
 
 def read_minibatches(minibatch_queue: Any) -> Iterator[Any]:
-    """A reader: one-row blocks ``{"call", "start", "x": (1, b, D)}`` taken from the queue."""
+    """A reader: one-row blocks ``{"call", "start", "x": (1, b, D)}`` taken from the queue
+    (``call`` is :data:`IDLE` in a heartbeat row)."""
     from ray.data.block import BlockAccessor
 
     ray.get(minibatch_queue.register.remote())
@@ -114,6 +146,10 @@ def read_minibatches(minibatch_queue: Any) -> Iterator[Any]:
         item = ray.get(minibatch_queue.take.remote())
         if item is None:
             return
+        if item == IDLE:
+            yield BlockAccessor.batch_to_block(
+                {"call": np.array([IDLE]), "start": np.array([IDLE]), "x": np.zeros((1, 1, 1))})
+            continue
         if item[0] != call:
             call, X = item[0], ray.get(item[3])
         start, stop = item[1], item[2]
@@ -152,6 +188,9 @@ class KernelShapDataWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``{"call": (k,), "start": (k,), "x": (k, b, D)}`` -> ``values`` (k, b, M[, K]) and ``error`` (k,)."""
+        if batch["call"].tolist() == [IDLE]:  # a heartbeat: passed on as it is
+            return {"call": batch["call"], "start": batch["start"], "values": np.zeros((1, 1, 1)),
+                    "error": np.array([""], dtype=object)}
         values, errors = [], []
         for start, x in zip(batch["start"].tolist(), batch["x"]):
             x = np.asarray(x)
@@ -197,11 +236,13 @@ class Workers:
             todo = dict(minibatches(len(X), self.config.batch_size))  # start -> stop, until placed
             self._running_pipeline().send(call, X_ref, todo)
             try:
-                return self._collect(call, X_ref, todo, assembler)
+                result = self._collect(call, X_ref, todo, assembler)
             except BaseException:
                 if self._pipeline is not None and self._pipeline.thread.is_alive():
                     self._pipeline.drop(call)  # its minibatches still waiting are of no use now
                 raise
+            self._pipeline.finish(call)
+            return result
 
     def _collect(self, call: int, X_ref: Any, todo: dict[int, int], assembler: Assembler) -> dict:
         config, pipeline = self.config, self._pipeline
@@ -212,7 +253,7 @@ class Workers:
                 for c, start, values, error in zip(payload["call"].tolist(), payload["start"].tolist(),
                                                    payload["values"], payload["error"]):
                     if c != call or start not in todo:
-                        continue  # an earlier, failed call's, or a minibatch sent twice
+                        continue  # a heartbeat, an earlier failed call's, or a minibatch sent twice
                     if error:
                         raise ExplanationError(range(start, todo[start]), str(error))
                     assembler.put(slice(start, todo.pop(start)), values)
@@ -320,6 +361,9 @@ class _Pipeline:
 
     def drop(self, call: int) -> None:
         ray.get(self.queue.drop.remote(call))
+
+    def finish(self, call: int) -> None:
+        self.queue.finish.remote(call)  # not awaited: the caller has its values
 
     def close(self) -> None:
         """Stop the readers (the pipeline then ends, and Ray Data removes its actors)."""
