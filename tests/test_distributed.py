@@ -284,25 +284,34 @@ def _run_in_thread(explainer, X, kill_after: int):
     return thread, box
 
 
-def _kill_mid_run(box, thread, n_rows: int, find_victim):
-    assert box["started"].wait(timeout=120), "no explanation came back"
-    victim = find_victim()
-    assert victim, "no worker to kill"
-    assert thread.is_alive() and box["done"] < n_rows, "explain finished before the kill: slow the model"
-    return victim
+def _kill_mid_run(explainer, X, find_victims, kill, kill_after: int = 8) -> tuple[dict, dict]:
+    """Start the workers, find the victim, run ``explain`` in a thread and ``kill`` the victim
+    once ``kill_after`` rows are done; returns (victim, box). The victim is looked up before
+    the run: the GCS's actor list is slow on a loaded machine, long enough for a run to end."""
+    explainer.start()
+    try:
+        victims = find_victims()
+        assert victims, "no worker to kill"
+        thread, box = _run_in_thread(explainer, X, kill_after=kill_after)
+        assert box["started"].wait(timeout=120), "no explanation came back"
+        assert thread.is_alive() and box["done"] < len(X), "explain finished before the kill: slow the model"
+        kill(victims[0])
+        thread.join(timeout=180)
+        assert not thread.is_alive(), "explain hung after a worker was killed"
+    finally:
+        explainer.stop()
+    assert "error" not in box, box.get("error")
+    return victims[0], box
 
 
 def test_pool_survives_a_killed_actor(workload, engine_kwargs, X, serial, no_leftovers):
     explainer = DistributedKernelShap(SlowModel(workload.model, 0.05), **engine_kwargs, backend="pool",
                                       workers=2, batch_size=4, progress=False)
-    thread, box = _run_in_thread(explainer, X, kill_after=8)
-    victim = _kill_mid_run(box, thread, len(X), lambda: [
-        a for a in alive_actors() if a["Name"].startswith("kernelshap-pool-") and a["Name"].endswith("-0")])
-    ray.kill(ray.get_actor(victim[0]["Name"]), no_restart=False)
-    thread.join(timeout=120)
-    assert not thread.is_alive(), "explain hung after an actor was killed"
-    assert "error" not in box, box.get("error")
-    restarts = [a["NumRestarts"] for a in ray._private.state.actors().values() if a["Name"] == victim[0]["Name"]]
+    victim, box = _kill_mid_run(
+        explainer, X,
+        lambda: [a for a in alive_actors() if a["Name"].startswith("kernelshap-pool-") and a["Name"].endswith("-0")],
+        lambda actor: ray.kill(ray.get_actor(actor["Name"]), no_restart=False))
+    restarts = [a["NumRestarts"] for a in ray._private.state.actors().values() if a["Name"] == victim["Name"]]
     assert restarts and max(restarts) >= 1, "the killed actor was not restarted"
     assert_same(box["values"], serial)
 
@@ -312,13 +321,10 @@ def test_data_survives_a_killed_actor(workload, engine_kwargs, X, serial, no_lef
     and the minibatches that did not come back are sent again."""
     explainer = DistributedKernelShap(SlowModel(workload.model, 0.05), **engine_kwargs, backend="data",
                                       workers=2, batch_size=4, progress=False)
-    thread, box = _run_in_thread(explainer, X, kill_after=8)
-    victim = _kill_mid_run(box, thread, len(X), lambda: [
-        a for a in alive_actors() if "KernelShapDataWorker" in a["ActorClassName"]])
-    os.kill(victim[0]["Pid"], signal.SIGKILL)
-    thread.join(timeout=180)
-    assert not thread.is_alive(), "explain hung after a Ray Data actor was killed"
-    assert "error" not in box, box.get("error")
+    _, box = _kill_mid_run(
+        explainer, X,
+        lambda: [a for a in alive_actors() if "KernelShapDataWorker" in a["ActorClassName"]],
+        lambda actor: os.kill(actor["Pid"], signal.SIGKILL))
     assert_same(box["values"], serial)
     assert explainer.last_run["pipeline_restarts"] >= 1 and explainer.last_run["resent"] >= 1, explainer.last_run
 
@@ -341,13 +347,10 @@ def test_serve_survives_a_killed_replica(workload, engine_kwargs, X, serial, no_
     # 17 requests of 4 rows over 2 replicas that always have requests in flight
     explainer = DistributedKernelShap(SlowModel(workload.model, 0.05), **engine_kwargs, backend="serve",
                                       serve_mode="default", workers=2, batch_size=4, progress=False)
-    thread, box = _run_in_thread(explainer, X, kill_after=8)
-    victim = _kill_mid_run(box, thread, len(X), lambda: [
-        a for a in alive_actors() if a["ActorClassName"].startswith("ServeReplica:kernelshap-")])
-    ray.kill(ray.get_actor(victim[0]["Name"], namespace="serve"), no_restart=True)
-    thread.join(timeout=180)
-    assert not thread.is_alive(), "explain hung after a replica was killed"
-    assert "error" not in box, box.get("error")
+    _, box = _kill_mid_run(
+        explainer, X,
+        lambda: [a for a in alive_actors() if a["ActorClassName"].startswith("ServeReplica:kernelshap-")],
+        lambda actor: ray.kill(ray.get_actor(actor["Name"], namespace="serve"), no_restart=True))
     assert_same(box["values"], serial)
     # a replica with requests in flight was killed: some must have been re-sent
     assert explainer.last_run["resent"] >= 1, "no request was lost: the kill missed the run"
