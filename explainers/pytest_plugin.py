@@ -328,6 +328,7 @@ class KernelShapRaySession:
         self.cluster: ClusterSession | None = None
         self.serial_seconds: float | None = None  # mean of the serial baseline benchmark
         self.serial_reference_seconds: float | None = None  # time the reference took (once)
+        self.serial_engine: Any = None  # the plugin's serial explainer, for paired serial rounds
         self.nsamples: int | None = None  # coalitions per instance of the reference engine
         self.exact: bool | None = None  # whether the reference values are exact
         self._last_info: dict[str, Any] | None = None
@@ -485,10 +486,16 @@ class KernelShapRaySession:
         nsamples: int,
         exact: bool,
         nodes_used: int | None,
+        serial_seconds: float | None = None,
     ) -> dict[str, Any]:
-        """The ``extra_info`` record of ARCHITECTURE.md for one benchmark."""
+        """The ``extra_info`` record of ARCHITECTURE.md for one benchmark.
+
+        ``serial_seconds``: the serial time to compare with (default: the mean of the
+        session's serial baseline benchmark, if it ran).
+        """
         n = self.options.n_instances
-        speedup = None if self.serial_seconds is None else self.serial_seconds / mean_seconds
+        base = self.serial_seconds if serial_seconds is None else serial_seconds
+        speedup = None if base is None else base / mean_seconds
         return {
             "backend": config.backend,
             "serve_mode": config.serve_mode,
@@ -844,6 +851,29 @@ def explain_instances(kernelshap_ray: KernelShapRaySession, adult_workload: Any)
 def explainer_factory(kernelshap_ray: KernelShapRaySession, adult_workload: Any) -> ExplainerFactory:
     """``factory(config)`` -> an explainer (``explain(X)``) for a :class:`ScalingConfig` or a backend name."""
     return ExplainerFactory(kernelshap_ray, adult_workload)
+
+
+class SerialRounds:
+    """``rounds()`` times one serial explanation of the session's instances per call, so
+    that each timed round of a distributed benchmark can be paired with a serial round of
+    the same minute (``pedantic(..., setup=rounds)``); ``seconds`` holds the times."""
+
+    def __init__(self, engine: "SerialExplainer", X: np.ndarray) -> None:
+        self.engine, self.X = engine, X
+        self.seconds: list[float] = []
+
+    def __call__(self) -> None:
+        t0 = time.perf_counter()
+        self.engine.explain(self.X)
+        self.seconds.append(time.perf_counter() - t0)
+
+
+@pytest.fixture
+def serial_rounds(adult_workload: Any, explain_instances: np.ndarray, kernelshap_ray: KernelShapRaySession) -> SerialRounds:
+    """A fresh :class:`SerialRounds` on the plugin's own serial engine (built once per session)."""
+    if kernelshap_ray.serial_engine is None:
+        kernelshap_ray.serial_engine = ExplainerFactory(kernelshap_ray, adult_workload)("serial")
+    return SerialRounds(kernelshap_ray.serial_engine, explain_instances)
 
 
 @pytest.fixture(scope="session")

@@ -804,10 +804,10 @@ def render_markdown(records: Sequence[Record], runs: Sequence[_Run], figures: Se
     out = [f"# {title}", "", "Results from:", ""]
     out += [_run_line(run) for run in runs if run.source in used]
     out += ["", "Times are seconds to explain all the instances of one request: mean, standard "
-            "deviation, fastest and slowest of the rounds. Speedup = serial time / time, against the "
-            "serial baseline of the same session, as each benchmark recorded it (`perf/test_scaling.py`: "
-            "means; `perf/test_backends.py`: fastest rounds, against serial rounds timed between the "
-            "backend's rounds); efficiency = speedup / workers. Workers "
+            "deviation, fastest and slowest of the rounds. Speedup = serial time / time, as each "
+            "benchmark recorded it (current suites: against serial rounds timed between the "
+            "benchmark's own rounds; `perf/test_scaling.py` uses means, `perf/test_backends.py` "
+            "fastest rounds); efficiency = speedup / workers. Workers "
             "(actors, Serve replicas, Ray Data's pipeline) start before the clock. "
             f"{_DASH} = not applicable or not recorded.", ""]
     for setting in sorted({r.setting for r in records}):

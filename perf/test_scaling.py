@@ -2,11 +2,17 @@
 
 One benchmark per (backend, Serve mode, workers, batch size) from the plugin's options
 (``--backends``, ``--serve-modes``, ``--workers``, ``--batch-sizes``), plus the serial
-baseline ``serial``, which the plugin runs first so that every other benchmark records
-its speedup against it. Each explains the first ``--n-instances`` Adult instances
-``--nruns`` times and checks every round against the serial reference values: a round
-that differs by more than 1e-12 fails inside the timed function, so no time is recorded
-for a wrong answer.
+baseline ``serial``, which the plugin runs first. Each explains the first
+``--n-instances`` Adult instances ``--nruns`` times and checks every round against the
+serial reference values: a round that differs by more than 1e-12 fails inside the timed
+function, so no time is recorded for a wrong answer.
+
+Speedups are paired in time: before each round of a distributed benchmark, the serial
+engine explains the same instances in this process (one CPU) while the workers wait, and
+``speedup`` = the mean of these serial rounds (``serial_seconds``; all in
+``serial_rounds``) / the benchmark's mean. A shared machine's speed drifts over a run; a
+baseline timed once, at the start, would credit or penalise whichever configuration ran
+in a fast or slow minute.
 
     pytest perf/ --benchmark-autosave
     pytest perf/ --ray-address local --nodes 2 --backends pool --workers 1,2
@@ -33,7 +39,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def test_scaling(
-    request, benchmark, scaling_config, kernelshap_ray, explain_instances, serial_reference, explainer_factory
+    request, benchmark, scaling_config, kernelshap_ray, explain_instances, serial_reference, explainer_factory,
+    serial_rounds,
 ):
     config = scaling_config
     if config.distributed:
@@ -58,7 +65,8 @@ def test_scaling(
             assert_same_values(values, serial_reference, config.id)
             return values
 
-        benchmark.pedantic(explain_and_check, rounds=kernelshap_ray.options.nruns, warmup_rounds=0, iterations=1)
+        benchmark.pedantic(explain_and_check, setup=serial_rounds if config.distributed else None,
+                           rounds=kernelshap_ray.options.nruns, warmup_rounds=0, iterations=1)
         nodes_used = tracker.nodes_used(explainer) if tracker is not None else None
     finally:
         close_explainer(explainer)
@@ -66,14 +74,17 @@ def test_scaling(
     if benchmark.stats is None:  # --benchmark-disable: the values were checked once, nothing timed
         return
     mean = benchmark.stats.stats.mean
+    paired = sum(serial_rounds.seconds) / len(serial_rounds.seconds) if serial_rounds.seconds else None
     if not config.distributed:
         kernelshap_ray.serial_seconds = mean
     benchmark.extra_info.update(
         kernelshap_ray.extra_info(
-            config, mean, nsamples=kernelshap_ray.nsamples, exact=kernelshap_ray.exact, nodes_used=nodes_used
+            config, mean, nsamples=kernelshap_ray.nsamples, exact=kernelshap_ray.exact, nodes_used=nodes_used,
+            serial_seconds=paired,
         )
     )
     if config.distributed:
-        benchmark.extra_info["startup_seconds"] = startup_seconds
+        benchmark.extra_info.update(startup_seconds=startup_seconds, serial_seconds=paired,
+                                    serial_rounds=serial_rounds.seconds)
     if isinstance(explainer, InClusterExplainer):
         benchmark.extra_info["in_cluster_seconds"] = explainer.seconds

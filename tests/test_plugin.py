@@ -402,7 +402,10 @@ def test_two_nodes_are_both_used_and_unplaceable_configs_are_skipped(pytester, i
     (bench,) = saved["benchmarks"]
     assert bench["param"] == "pool-w2-b1"
     assert bench["extra_info"]["nodes_used"] == 2
-    assert bench["extra_info"]["speedup"] is None  # no serial baseline ran in this session
+    # no serial baseline benchmark ran, but each round was paired with a serial round
+    info = bench["extra_info"]
+    assert len(info["serial_rounds"]) == 1 and info["serial_seconds"] == info["serial_rounds"][0]
+    assert info["speedup"] == pytest.approx(info["serial_seconds"] / bench["stats"]["mean"])
     assert saved["machine_info"]["ray_nodes"] == 2 and saved["machine_info"]["ray_cpus"] == 2
 
 
