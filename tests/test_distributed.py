@@ -253,6 +253,9 @@ def test_router_splits_a_burst_evenly(no_leftovers):
     try:
         wait_routable(handle, 3, method_name="__call__")
         for _ in range(2):
+            # the router hears of a completion a moment after its result arrives (measured: up
+            # to 13 of 60 still counted, settled 0.2 s later): start each burst from settled counts
+            time.sleep(1.0)
             served = [r.result() for r in [handle.remote(0.5) for _ in range(60)]]
             counts = sorted(served.count(r) for r in set(served))
             assert len(counts) == 3 and counts[0] >= 17 and counts[-1] <= 23, counts
