@@ -854,17 +854,19 @@ def explainer_factory(kernelshap_ray: KernelShapRaySession, adult_workload: Any)
 
 
 class SerialRounds:
-    """``rounds()`` times one serial explanation of the session's instances per call, so
-    that each timed round of a distributed benchmark can be paired with a serial round of
-    the same minute (``pedantic(..., setup=rounds)``); ``seconds`` holds the times."""
+    """``rounds()`` times one serial explanation of ``X`` per call, so that each timed
+    round of a distributed benchmark can be paired with a serial round of the same minute
+    (``pedantic(..., setup=rounds)``); ``seconds`` holds the times, ``values`` the last
+    result."""
 
     def __init__(self, engine: "SerialExplainer", X: np.ndarray) -> None:
         self.engine, self.X = engine, X
         self.seconds: list[float] = []
+        self.values: np.ndarray | None = None
 
     def __call__(self) -> None:
         t0 = time.perf_counter()
-        self.engine.explain(self.X)
+        self.values = self.engine.explain(self.X)
         self.seconds.append(time.perf_counter() - t0)
 
 

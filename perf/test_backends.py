@@ -31,6 +31,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from explainers import KernelShap
+from explainers.pytest_plugin import SerialExplainer, SerialRounds
 
 N_INSTANCES = int(os.environ.get("BENCH_BACKENDS_INSTANCES", "256"))
 ROUNDS = int(os.environ.get("BENCH_BACKENDS_ROUNDS", "3"))
@@ -71,21 +72,6 @@ def serial_engine(adult_workload) -> KernelShap:
     return engine
 
 
-class SerialRounds:
-    """Times the serial engine on ``instances`` (one CPU, like each worker) each time it is called."""
-
-    def __init__(self, engine: KernelShap, instances: np.ndarray) -> None:
-        self.engine, self.instances = engine, instances
-        self.seconds: list[float] = []
-        self.values: np.ndarray | None = None
-
-    def __call__(self) -> None:
-        with threadpool_limits(limits=1):
-            t0 = time.perf_counter()
-            self.values = self.engine.explain(self.instances)
-            self.seconds.append(time.perf_counter() - t0)
-
-
 @pytest.mark.parametrize("config", CONFIGS, ids=[_id(c) for c in CONFIGS])
 def test_backend(benchmark, request, config, adult_workload, serial_engine, instances):
     backend, mode, workers = config
@@ -94,7 +80,7 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
                   "n_instances": len(instances), "nsamples": serial_engine.nsamples_,
                   "exact": serial_engine.exact}
     benchmark.group = "backends"
-    serial = SerialRounds(serial_engine, instances)
+    serial = SerialRounds(SerialExplainer(serial_engine), instances)  # one CPU, like each worker
 
     if backend == "serial":
         with threadpool_limits(limits=1):  # serial = one CPU, like each worker

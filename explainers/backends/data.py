@@ -222,7 +222,7 @@ class Workers:
         self._running_pipeline()
 
     def _running_pipeline(self) -> _Pipeline:
-        """The pipeline, started again if a failed restart left none."""
+        """The pipeline, ready; started again if a failed restart left none."""
         if self._pipeline is None:
             self._pipeline = _Pipeline(self._engine_ref, self.config)
         self._pipeline.wait_ready()
@@ -265,8 +265,7 @@ class Workers:
             restarts += 1
             self._pipeline = None
             pipeline.close()
-            self._pipeline = pipeline = _Pipeline(self._engine_ref, config)
-            pipeline.wait_ready()
+            pipeline = self._running_pipeline()
             pipeline.send(call, X_ref, todo)
             resent += len(todo)
         return {"resent": resent, "pipeline_restarts": restarts}
@@ -295,6 +294,7 @@ class _Pipeline:
 
     def __init__(self, engine_ref: Any, config: BackendConfig) -> None:
         self.config = config
+        self.ready = False  # every reader has registered (see wait_ready)
         self.outputs: queue.Queue = queue.Queue()
         self.queue = ray.remote(MinibatchQueue).options(
             name=f"kernelshap-data-queue-{config.tag}-{uuid.uuid4().hex[:6]}", num_cpus=0, max_restarts=0).remote(config.workers)
@@ -343,10 +343,12 @@ class _Pipeline:
             self.outputs.put(("stopped", None))
 
     def wait_ready(self) -> None:
+        """Block until every reader has registered (once: later calls return at once)."""
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
+        while not self.ready:
             readers = ray.get(self.queue.wait_readers.remote(0.5))
             if readers >= self.config.workers:
+                self.ready = True
                 return
             if not self.thread.is_alive():
                 kind, payload = self.outputs.get()
