@@ -250,6 +250,8 @@ def _parse_benchmark(bench: Any, index: int, source: str, run_dt: str, machine_i
         info = {}
     if not isinstance(info, Mapping):
         raise ReportError(f"{where}: extra_info is {type(info).__name__}, expected an object")
+    if "baseline" in info and "backend" not in info:
+        return None  # a reference row of perf/test_backends.py (plain processes, no Ray), not charted
     if "backend" not in info:
         warnings.warn(f"{where}: skipped, it has no extra_info 'backend' (not a "
                       "distributed-kernelshap benchmark)", ReportWarning, stacklevel=4)

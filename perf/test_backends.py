@@ -12,6 +12,12 @@ minute of a shared machine whose speed drifts by 10% or more over a run;
 ``driver_cpu_seconds`` is this process's CPU time per call (all its threads: Serve's
 router, Ray Data's executor), which competes with the workers for the machine's cores.
 
+The ``processes`` rows (``extra_info["baseline"]``, no ``backend``: the report leaves them
+out) run the same minibatches on plain spawned processes, no Ray, paired with serial the
+same way: the machine's own ceiling in this run (see ``explainers/bare_processes.py``). Each
+backend row records it as ``processes_speedup`` and ``vs_processes`` = speedup /
+processes_speedup, the share of that ceiling the backend reached.
+
 Every backend's workers (pool actors, Serve replicas, Ray Data's pipeline and its actor
 pool) are started before timing (``DistributedKernelShap.start``) and their start-up is
 recorded as ``startup_seconds``.
@@ -31,6 +37,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from explainers import KernelShap
+from explainers.bare_processes import BareProcesses
 from explainers.pytest_plugin import SerialExplainer, SerialRounds
 
 N_INSTANCES = int(os.environ.get("BENCH_BACKENDS_INSTANCES", "256"))
@@ -41,9 +48,12 @@ LINK = "logit"
 
 CONFIGS = [("serial", None, 1)] + [
     (backend, mode, w)
-    for backend, mode in [("pool", None), ("data", None), ("serve", "ray"), ("serve", "default")]
+    for backend, mode in [("processes", None), ("pool", None), ("data", None), ("serve", "ray"),
+                          ("serve", "default")]
     for w in WORKERS
 ]
+#: workers -> speedup of the ``processes`` row of this run
+PROCESSES_SPEEDUP: dict[int, float] = {}
 
 def _id(config: tuple) -> str:
     backend, mode, workers = config
@@ -75,10 +85,11 @@ def serial_engine(adult_workload) -> KernelShap:
 @pytest.mark.parametrize("config", CONFIGS, ids=[_id(c) for c in CONFIGS])
 def test_backend(benchmark, request, config, adult_workload, serial_engine, instances):
     backend, mode, workers = config
-    info: dict = {"backend": backend, "serve_mode": mode, "workers": workers,
+    info: dict = {"serve_mode": mode, "workers": workers,
                   "batch_size": None if backend == "serial" else BATCH_SIZE,
                   "n_instances": len(instances), "nsamples": serial_engine.nsamples_,
                   "exact": serial_engine.exact}
+    info.update({"baseline": "processes"} if backend == "processes" else {"backend": backend})
     benchmark.group = "backends"
     serial = SerialRounds(SerialExplainer(serial_engine), instances)  # one CPU, like each worker
 
@@ -86,6 +97,18 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
         with threadpool_limits(limits=1):  # serial = one CPU, like each worker
             benchmark.pedantic(serial_engine.explain, args=(instances,), rounds=ROUNDS, iterations=1)
         serial_seconds = benchmark.stats.stats.min
+    elif backend == "processes":
+        with BareProcesses(serial_engine, workers, BATCH_SIZE) as processes:
+            t0 = time.perf_counter()
+            processes.start(instances)
+            info["startup_seconds"] = time.perf_counter() - t0
+            values = benchmark.pedantic(processes.explain, args=(instances,), setup=serial, rounds=ROUNDS,
+                                        warmup_rounds=1, iterations=1)
+        diff = float(np.max(np.abs(values - serial.values)))
+        info["max_abs_diff_vs_serial"] = diff
+        assert diff <= 1e-12, f"{_id(config)} differs from serial by {diff:.3g}"
+        serial_seconds = min(serial.seconds)
+        info.update(serial_seconds=serial_seconds, serial_rounds=serial.seconds)
     else:
         cluster = request.getfixturevalue("ray_cluster")
         if backend == "serve" and cluster.is_remote:
@@ -126,4 +149,8 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
         efficiency=speedup / workers,
         nodes_used=1,
     )
+    if backend == "processes":
+        PROCESSES_SPEEDUP[workers] = speedup
+    elif workers in PROCESSES_SPEEDUP:
+        info.update(processes_speedup=PROCESSES_SPEEDUP[workers], vs_processes=speedup / PROCESSES_SPEEDUP[workers])
     benchmark.extra_info.update(info)
