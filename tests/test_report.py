@@ -12,6 +12,7 @@ import io
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -292,6 +293,19 @@ def test_foreign_benchmarks_are_skipped_with_a_warning(tmp_path):
     with pytest.warns(ReportWarning, match="test_someone_elses_code.*no extra_info 'backend'"):
         records = load_results(_write(tmp_path, raw))
     assert len(records) == len(raw["benchmarks"]) - 1
+
+
+def test_the_plain_process_ceiling_rows_are_left_out_quietly(tmp_path):
+    raw = _raw()
+    ceiling = copy.deepcopy(raw["benchmarks"][0])
+    ceiling["name"] = "test_backend[processes-w2-b10]"
+    ceiling["extra_info"] = {"baseline": "processes", "workers": 2, "batch_size": 10, "speedup": 1.8}
+    raw["benchmarks"].append(ceiling)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReportWarning)
+        records = load_results(_write(tmp_path, raw))
+    assert len(records) == len(raw["benchmarks"]) - 1
+    assert all("processes" not in r.name for r in records)
 
 
 def _break(mutate):
