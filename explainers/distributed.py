@@ -214,6 +214,7 @@ class DistributedKernelShap:
             num_cpus=self.num_cpus_per_worker,
             serve_mode=self.serve_mode,
             tag=uuid.uuid4().hex[:10],
+            value_bytes_per_row=8 * self.engine.n_groups * int(np.size(self.engine.expected_value)),
         )
         return _backend_module(self.backend).Workers(self._engine_ref, config)
 

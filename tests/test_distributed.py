@@ -185,6 +185,36 @@ def test_backend_equals_serial(config, workload, engine_kwargs, X, serial, no_le
     assert np.allclose(explainer.expected_value, KernelShap(workload.predict_proba, **engine_kwargs).expected_value)
 
 
+def test_serve_requests_go_over_grpc_unless_too_large():
+    from explainers.backends.serve import GRPC_MAX_PAYLOAD_BYTES, GRPC_OPTIONS, request_options
+
+    assert request_options(1, 49 * 8, 12 * 2 * 8) == GRPC_OPTIONS  # one Adult instance
+    assert request_options(10, 49 * 8, 12 * 2 * 8) == GRPC_OPTIONS
+    assert request_options(GRPC_MAX_PAYLOAD_BYTES // 8 + 1, 8, 8) == {}  # rows too large
+    assert request_options(1, 8, GRPC_MAX_PAYLOAD_BYTES + 8) == {}  # values too large
+
+
+@pytest.mark.parametrize("serve_mode", ["ray", "default"])
+def test_serve_sends_large_requests_as_actor_tasks(serve_mode, monkeypatch, workload, engine_kwargs, X, serial,
+                                                   no_leftovers):
+    """Requests too large for a replica's gRPC server go by reference, with the same values."""
+    from explainers.backends import serve as serve_backend
+
+    chosen: list[dict] = []
+
+    def spy(*args):
+        chosen.append(request_options(*args))
+        return chosen[-1]
+
+    request_options = serve_backend.request_options
+    monkeypatch.setattr(serve_backend, "GRPC_MAX_PAYLOAD_BYTES", 8)
+    monkeypatch.setattr(serve_backend, "request_options", spy)
+    explainer = DistributedKernelShap(workload.predict_proba, **engine_kwargs, backend="serve",
+                                      serve_mode=serve_mode, workers=2, batch_size=5, progress=False)
+    assert_same(explainer.explain(X[:23]), serial[:23])
+    assert chosen == [{}]
+
+
 def test_started_workers_serve_several_calls(workload, engine_kwargs, X, serial, no_leftovers):
     """``with`` starts the workers once; both calls use them and the engine goes to the
     object store once; each call numbers its rows from 0, like the serial engine."""

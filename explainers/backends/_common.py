@@ -177,3 +177,4 @@ class BackendConfig:
     serve_mode: str
     tag: str  # unique per explain call: names actors / the Serve application
     max_retries: int = 3  # attempts after a worker dies, per minibatch
+    value_bytes_per_row: int = 0  # size of one instance's values, (M,) or (M, K) float64

@@ -44,7 +44,18 @@ MAX_ONGOING_REQUESTS = 1024
 #: (``_by_reference=False``, what ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` turns on): with one
 #: request per instance it halves the caller's CPU per request and the replica's overhead.
 #: Arguments and results are plain ints and arrays, so C pickle serialises them.
-REQUEST_OPTIONS = dict(_by_reference=False, request_serialization="pickle", response_serialization="pickle")
+GRPC_OPTIONS = dict(_by_reference=False, request_serialization="pickle", response_serialization="pickle")
+#: a replica's gRPC server takes messages of at most 4 MiB
+#: (``RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH``): requests or replies larger than this
+#: go as Ray actor tasks, through the object store
+GRPC_MAX_PAYLOAD_BYTES = 1 << 20
+
+
+def request_options(rows_per_request: int, x_bytes_per_row: int, value_bytes_per_row: int) -> dict:
+    """Handle options for requests of ``rows_per_request`` rows: gRPC unless a request or
+    its reply could be larger than :data:`GRPC_MAX_PAYLOAD_BYTES`."""
+    largest = rows_per_request * max(x_bytes_per_row, value_bytes_per_row)
+    return GRPC_OPTIONS if largest <= GRPC_MAX_PAYLOAD_BYTES else {}
 
 
 class KernelShapReplica:
@@ -143,8 +154,10 @@ class Workers:
     def explain(self, X: np.ndarray, assembler: Assembler) -> dict:
         """Explain ``X`` (n, D); returns ``{"resent": requests re-sent after a replica died}``."""
         config = self.config
+        rows = 1 if config.serve_mode == "ray" else config.batch_size
+        options = request_options(rows, X.shape[1] * X.itemsize, config.value_bytes_per_row)
         if config.serve_mode == "ray":
-            method = self.handle.options(method_name="explain_instance", **REQUEST_OPTIONS)
+            method = self.handle.options(method_name="explain_instance", **options)
             items: list[Any] = list(range(len(X)))
 
             def send(i: int) -> Any:
@@ -153,7 +166,7 @@ class Workers:
             def place(i: int, value: np.ndarray) -> None:
                 assembler.put([i], value[None])
         else:
-            method = self.handle.options(method_name="explain_range", **REQUEST_OPTIONS)
+            method = self.handle.options(method_name="explain_range", **options)
             items = minibatches(len(X), config.batch_size)
 
             def send(b: tuple[int, int]) -> Any:
