@@ -2,7 +2,8 @@
 
 ``BareProcesses(engine, workers, batch_size)`` explains ``X`` with ``workers`` spawned
 processes (``concurrent.futures``), each holding a copy of the engine with BLAS limited
-to one thread, fed one ``batch_size``-row minibatch at a time, as the actor pool is. What
+to one thread, taking the next ``batch_size``-row minibatch when free (the executor keeps
+one more queued, so a process finds its next minibatch waiting). What
 it reaches over serial on a given machine, in the same run, is what the Ray backends can
 hope for there: two cores that share caches and memory bandwidth, and a host's other
 tenants, do not make two processes twice as fast as one.
@@ -52,9 +53,10 @@ class BareProcesses:
         return self
 
     def explain(self, X: np.ndarray) -> np.ndarray:
+        """``X`` (n, D) -> values (n, M[, K]); a worker's exception is raised here."""
         futures = [self._pool.submit(_explain, s, X[s:s + self.batch_size])
                    for s in range(0, len(X), self.batch_size)]
-        pieces = dict(f.result() for f in futures)  # re-raises a worker's error
+        pieces = dict(f.result() for f in futures)
         return np.concatenate([pieces[s] for s in sorted(pieces)], axis=0)
 
     def close(self) -> None:

@@ -93,22 +93,34 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
     benchmark.group = "backends"
     serial = SerialRounds(SerialExplainer(serial_engine), instances)  # one CPU, like each worker
 
+    def time_paired_with_serial(explain) -> None:
+        """Time ``explain()``, a serial round before each of its rounds; every round's values
+        are checked against serial before its time is kept."""
+        cpu_seconds: list[float] = []
+
+        def explain_and_check() -> np.ndarray:
+            cpu0 = time.process_time()
+            values = explain()
+            cpu_seconds.append(time.process_time() - cpu0)
+            diff = float(np.max(np.abs(values - serial.values)))
+            info["max_abs_diff_vs_serial"] = diff
+            assert diff <= 1e-12, f"{_id(config)} differs from serial by {diff:.3g}"
+            return values
+
+        benchmark.pedantic(explain_and_check, setup=serial, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+        info.update(serial_seconds=min(serial.seconds), serial_rounds=serial.seconds,
+                    driver_cpu_seconds=min(cpu_seconds))
+
     if backend == "serial":
         with threadpool_limits(limits=1):  # serial = one CPU, like each worker
             benchmark.pedantic(serial_engine.explain, args=(instances,), rounds=ROUNDS, iterations=1)
-        serial_seconds = benchmark.stats.stats.min
+        info["serial_seconds"] = benchmark.stats.stats.min
     elif backend == "processes":
         with BareProcesses(serial_engine, workers, BATCH_SIZE) as processes:
             t0 = time.perf_counter()
             processes.start(instances)
             info["startup_seconds"] = time.perf_counter() - t0
-            values = benchmark.pedantic(processes.explain, args=(instances,), setup=serial, rounds=ROUNDS,
-                                        warmup_rounds=1, iterations=1)
-        diff = float(np.max(np.abs(values - serial.values)))
-        info["max_abs_diff_vs_serial"] = diff
-        assert diff <= 1e-12, f"{_id(config)} differs from serial by {diff:.3g}"
-        serial_seconds = min(serial.seconds)
-        info.update(serial_seconds=serial_seconds, serial_rounds=serial.seconds)
+            time_paired_with_serial(lambda: processes.explain(instances))
     else:
         cluster = request.getfixturevalue("ray_cluster")
         if backend == "serve" and cluster.is_remote:
@@ -119,27 +131,13 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
         explainer = DistributedKernelShap(adult_workload.model.predict_proba, **_kwargs(adult_workload),
                                           backend=backend, serve_mode=mode or "ray", workers=workers,
                                           batch_size=BATCH_SIZE, progress=False)
-        cpu_seconds: list[float] = []
-
-        def explain_and_check() -> np.ndarray:  # a wrong answer fails before its time is kept
-            cpu0 = time.process_time()
-            values = explainer.explain(instances)
-            cpu_seconds.append(time.process_time() - cpu0)
-            diff = float(np.max(np.abs(values - serial.values)))
-            info["max_abs_diff_vs_serial"] = diff
-            assert diff <= 1e-12, f"{_id(config)} differs from serial by {diff:.3g}"
-            return values
-
         t0 = time.perf_counter()
         with explainer:  # starts the pool actors / Serve replicas / Ray Data pipeline; removes them after
             info["startup_seconds"] = time.perf_counter() - t0
-            benchmark.pedantic(explain_and_check, setup=serial, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-        serial_seconds = min(serial.seconds)
-        info.update(serial_seconds=serial_seconds, serial_rounds=serial.seconds,
-                    driver_cpu_seconds=min(cpu_seconds))
+            time_paired_with_serial(lambda: explainer.explain(instances))
 
     best = benchmark.stats.stats.min
-    speedup = serial_seconds / best
+    speedup = info["serial_seconds"] / best
     info.update(
         seconds=best,
         mean_seconds=benchmark.stats.stats.mean,

@@ -45,9 +45,9 @@ MAX_ONGOING_REQUESTS = 1024
 #: request per instance it halves the caller's CPU per request and the replica's overhead.
 #: Arguments and results are plain ints and arrays, so C pickle serialises them.
 GRPC_OPTIONS = dict(_by_reference=False, request_serialization="pickle", response_serialization="pickle")
-#: a replica's gRPC server takes messages of at most 4 MiB
-#: (``RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH``): requests or replies larger than this
-#: go as Ray actor tasks, through the object store
+#: requests or replies that could be larger go as Ray actor tasks, through the object
+#: store: a replica's gRPC server takes messages of at most 4 MiB
+#: (``RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH``), and this leaves room for pickling
 GRPC_MAX_PAYLOAD_BYTES = 1 << 20
 
 
