@@ -215,6 +215,39 @@ def test_serve_sends_large_requests_as_actor_tasks(serve_mode, monkeypatch, work
     assert chosen == [{}]
 
 
+def test_pool_keeps_the_next_minibatch_queued_on_each_actor(monkeypatch, workload, engine_kwargs, X, serial,
+                                                            no_leftovers):
+    """Each actor gets ``TASKS_PER_ACTOR`` minibatches at once, never more unfinished."""
+    from ray.util import ActorPool
+
+    from explainers.backends import pool as pool_backend
+
+    sent: dict = {}  # actor id -> its tasks' refs
+    most: dict = {}  # actor id -> most unfinished tasks seen when one was sent
+
+    class WatchedPool(ActorPool):
+        def submit(self, fn, value):
+            if getattr(fn, "watched", False):  # a queued submit, sent now
+                return super().submit(fn, value)
+
+            def send(actor, v):
+                ref = fn(actor, v)
+                refs = sent.setdefault(actor._actor_id, [])
+                refs.append(ref)
+                _, unfinished = ray.wait(refs, num_returns=len(refs), timeout=0)
+                most[actor._actor_id] = max(most.get(actor._actor_id, 0), len(unfinished))
+                return ref
+
+            send.watched = True
+            super().submit(send, value)
+
+    monkeypatch.setattr(pool_backend, "ActorPool", WatchedPool)
+    explainer = DistributedKernelShap(SlowModel(workload.model, 0.01), **engine_kwargs, backend="pool",
+                                      workers=2, batch_size=5, progress=False)
+    assert_same(explainer.explain(X), serial)
+    assert list(most.values()) == [pool_backend.TASKS_PER_ACTOR] * 2
+
+
 def test_started_workers_serve_several_calls(workload, engine_kwargs, X, serial, no_leftovers):
     """``with`` starts the workers once; both calls use them and the engine goes to the
     object store once; each call numbers its rows from 0, like the serial engine."""

@@ -1,8 +1,10 @@
 """Actor-pool backend: ``workers`` Ray actors fed ``batch_size``-row minibatches.
 
 Results are taken as they complete (``ActorPool.get_next_unordered``) and put back
-in row order by their start index. A killed actor is restarted by Ray
-(``max_restarts``) and its in-flight minibatch re-run (``max_task_retries``).
+in row order by their start index. Every actor is in the pool ``TASKS_PER_ACTOR``
+times, so its next minibatch is already queued on it when it finishes one, instead of
+waiting a round trip through the driver. A killed actor is restarted by Ray
+(``max_restarts``) and its minibatches in flight re-run (``max_task_retries``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,10 @@ from explainers.backends._common import (
     limit_blas_threads,
     minibatches,
 )
+
+
+#: minibatches in flight per actor (Ray runs an actor's tasks one at a time, in order)
+TASKS_PER_ACTOR = 2
 
 
 class KernelShapPoolWorker:
@@ -66,7 +72,7 @@ class Workers:
     def explain(self, X: np.ndarray, assembler: Assembler) -> dict:
         """Explain ``X`` (n, D) in ``batch_size`` minibatches; values go to ``assembler``."""
         config = self.config
-        pool = ActorPool(self.actors)
+        pool = ActorPool([a for _ in range(TASKS_PER_ACTOR) for a in self.actors])
         for start, stop in minibatches(len(X), config.batch_size):
             pool.submit(lambda a, b: a.explain.remote(b[0], X[b[0]:b[1]]), (start, stop))
         while pool.has_next():
