@@ -180,6 +180,10 @@ class Record:
     efficiency: float | None
     nodes_used: int | None
     cluster: Cluster = field(default_factory=Cluster)
+    #: ``perf/test_backends.py``: the plain processes' speedup at these workers, same run,
+    #: and this record's share of it (``speedup / processes_speedup``)
+    processes_speedup: float | None = None
+    vs_processes: float | None = None
 
     @property
     def panel(self) -> str:
@@ -309,6 +313,8 @@ def _parse_benchmark(bench: Any, index: int, source: str, run_dt: str, machine_i
         speedup=_float_or_none(info, "speedup", where),
         efficiency=_float_or_none(info, "efficiency", where),
         nodes_used=nodes, cluster=cluster,
+        processes_speedup=_float_or_none(info, "processes_speedup", where),
+        vs_processes=_float_or_none(info, "vs_processes", where),
     )
 
 
@@ -770,15 +776,24 @@ def _fmt(x: Any, spec: str = "") -> str:
     return format(x, spec)
 
 
+#: shown when a table's records measured the plain-process ceiling (``perf/test_backends.py``)
+CEILING_COLUMNS = ("plain processes speedup", "share of plain processes")
+
+
 def _table(records: Sequence[Record]) -> list[str]:
-    right = {c for c in TABLE_COLUMNS if c not in ("backend", "serve mode")}
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |",
-             "|" + "|".join("---:" if c in right else "---" for c in TABLE_COLUMNS) + "|"]
+    ceiling = any(r.vs_processes is not None for r in records)
+    columns = TABLE_COLUMNS + (CEILING_COLUMNS if ceiling else ())
+    right = {c for c in columns if c not in ("backend", "serve mode")}
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---:" if c in right else "---" for c in columns) + "|"]
     for r in sorted(records, key=Record.sort_key):
         cells = (r.backend, _fmt(r.serve_mode), _fmt(r.workers), _fmt(r.batch_size), str(r.n_instances),
                  str(r.nsamples), str(r.rounds), _fmt_s(r.mean), _fmt_s(r.stddev), _fmt_s(r.min),
                  _fmt_s(r.max), f"{r.explanations_per_s:.4g}", _fmt(r.speedup, ".3f"),
                  _fmt(r.efficiency, ".3f"), _fmt(r.nodes_used))
+        if ceiling:
+            cells += (_fmt(r.processes_speedup, ".3f"),
+                      _DASH if r.vs_processes is None else f"{r.vs_processes:.0%}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -812,6 +827,10 @@ def render_markdown(records: Sequence[Record], runs: Sequence[_Run], figures: Se
             "fastest rounds); efficiency = speedup / workers. Workers "
             "(actors, Serve replicas, Ray Data's pipeline) start before the clock. "
             f"{_DASH} = not applicable or not recorded.", ""]
+    if any(r.vs_processes is not None for r in records):
+        out += ["`perf/test_backends.py` also times the same minibatches on plain processes "
+                "without Ray: a backend's share of plain processes = its speedup / theirs at the "
+                "same workers, in the same run, the share of what the machine allowed.", ""]
     for setting in sorted({r.setting for r in records}):
         cluster, n, ns = setting
         out += [f"## {cluster}; {n} instances, nsamples {ns}", ""]

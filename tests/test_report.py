@@ -308,6 +308,21 @@ def test_the_plain_process_ceiling_rows_are_left_out_quietly(tmp_path):
     assert all("processes" not in r.name for r in records)
 
 
+def test_share_of_the_plain_processes_is_a_column_where_it_was_measured(tmp_path, built):
+    assert "share of plain processes" not in built.markdown  # perf/test_scaling.py records none
+    raw = _raw()
+    bench = next(b for b in _benches(raw, "pool") if b["extra_info"]["workers"] == 2)
+    bench["extra_info"].update(processes_speedup=1.875, vs_processes=bench["extra_info"]["speedup"] / 1.875)
+    markdown = build_report([_write(tmp_path, raw)], tmp_path / "out").markdown
+    rows = _table_rows(markdown)
+    measured = [r for r in rows if r["share of plain processes"] != "—"]
+    assert len(measured) == 1 and measured[0]["backend"] == "pool" and measured[0]["workers"] == "2"
+    assert measured[0]["plain processes speedup"] == "1.875"
+    share = float(measured[0]["share of plain processes"].rstrip("%")) / 100
+    assert share == pytest.approx(_num(measured[0]["speedup"]) / 1.875, abs=0.006)
+    assert all(r["plain processes speedup"] == "—" for r in rows if r is not measured[0])
+
+
 def _break(mutate):
     raw = _raw()
     bench = raw["benchmarks"][3]
