@@ -24,9 +24,9 @@ def _load(engine_bytes: bytes) -> None:
     global _engine, _limits
     import pickle
 
-    from threadpoolctl import threadpool_limits
+    from explainers.backends._common import limit_blas_threads
 
-    _limits = threadpool_limits(limits=1)
+    _limits = limit_blas_threads(1)
     _engine = pickle.loads(engine_bytes)
 
 

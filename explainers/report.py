@@ -792,8 +792,7 @@ def _table(records: Sequence[Record]) -> list[str]:
                  _fmt_s(r.max), f"{r.explanations_per_s:.4g}", _fmt(r.speedup, ".3f"),
                  _fmt(r.efficiency, ".3f"), _fmt(r.nodes_used))
         if ceiling:
-            cells += (_fmt(r.processes_speedup, ".3f"),
-                      _DASH if r.vs_processes is None else f"{r.vs_processes:.0%}")
+            cells += (_fmt(r.processes_speedup, ".3f"), _fmt(r.vs_processes, ".0%"))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
