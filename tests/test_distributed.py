@@ -215,6 +215,22 @@ def test_serve_sends_large_requests_as_actor_tasks(serve_mode, monkeypatch, work
     assert chosen == [{}]
 
 
+def test_serve_replicas_start_with_their_environment(workload, engine_kwargs, no_leftovers):
+    """Every replica process has ``REPLICA_ENV_VARS``: Serve runs its methods on its own event loop."""
+    import psutil
+
+    from explainers.backends.serve import REPLICA_ENV_VARS
+
+    explainer = DistributedKernelShap(workload.predict_proba, **engine_kwargs, backend="serve", workers=2,
+                                      progress=False)
+    with explainer:
+        replicas = [a for a in alive_actors() if a["ActorClassName"].startswith("ServeReplica:kernelshap-")]
+        assert len(replicas) == 2
+        for replica in replicas:
+            environ = psutil.Process(replica["Pid"]).environ()
+            assert {k: environ.get(k) for k in REPLICA_ENV_VARS} == REPLICA_ENV_VARS
+
+
 def test_pool_keeps_the_next_minibatch_queued_on_each_actor(monkeypatch, workload, engine_kwargs, X, serial,
                                                             no_leftovers):
     """Each actor gets ``TASKS_PER_ACTOR`` minibatches at once, never more unfinished."""
