@@ -14,9 +14,13 @@ router, Ray Data's executor), which competes with the workers for the machine's 
 
 The ``processes`` rows (``extra_info["baseline"]``, no ``backend``: the report leaves them
 out) run the same minibatches on plain spawned processes, no Ray, paired with serial the
-same way: the machine's own ceiling in this run (see ``explainers/bare_processes.py``). Each
-backend row records it as ``processes_speedup`` and ``vs_processes`` = speedup /
-processes_speedup, the share of that ceiling the backend reached.
+same way: the machine's own ceiling (see ``explainers/bare_processes.py``). The same plain
+processes also run one round right after the serial round before each backend round on a
+local cluster (a remote cluster's workers are not on this machine), so every backend round
+has a ceiling round of the same minute too: each backend row records
+``processes_seconds`` (the fastest of those), ``processes_speedup`` = ``serial_seconds`` /
+``processes_seconds`` and ``vs_processes`` = speedup / processes_speedup, the share of that
+ceiling the backend reached.
 
 Every backend's workers (pool actors, Serve replicas, Ray Data's pipeline and its actor
 pool) are started before timing (``DistributedKernelShap.start``) and their start-up is
@@ -52,9 +56,6 @@ CONFIGS = [("serial", None, 1)] + [
                           ("serve", "default")]
     for w in WORKERS
 ]
-#: workers -> speedup of the ``processes`` row of this run
-PROCESSES_SPEEDUP: dict[int, float] = {}
-
 def _id(config: tuple) -> str:
     backend, mode, workers = config
     if backend == "serial":
@@ -82,8 +83,25 @@ def serial_engine(adult_workload) -> KernelShap:
     return engine
 
 
+@pytest.fixture(scope="module")
+def plain_processes(serial_engine, instances):
+    """``workers`` -> started :class:`BareProcesses`, kept for the module and closed after it."""
+    started: dict[int, BareProcesses] = {}
+
+    def get(workers: int) -> BareProcesses:
+        if workers not in started:
+            started[workers] = BareProcesses(serial_engine, workers, BATCH_SIZE).start(instances)
+        return started[workers]
+
+    try:
+        yield get
+    finally:
+        for processes in started.values():
+            processes.close()
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[_id(c) for c in CONFIGS])
-def test_backend(benchmark, request, config, adult_workload, serial_engine, instances):
+def test_backend(benchmark, request, config, adult_workload, serial_engine, instances, plain_processes):
     backend, mode, workers = config
     info: dict = {"serve_mode": mode, "workers": workers,
                   "batch_size": None if backend == "serial" else BATCH_SIZE,
@@ -93,10 +111,18 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
     benchmark.group = "backends"
     serial = SerialRounds(SerialExplainer(serial_engine), instances)  # one CPU, like each worker
 
-    def time_paired_with_serial(explain) -> None:
-        """Time ``explain()``, a serial round before each of its rounds; every round's values
-        are checked against serial before its time is kept."""
+    def time_paired_with_serial(explain, ceiling: BareProcesses | None = None) -> None:
+        """Time ``explain()``, a serial round (then a ``ceiling`` round, if given) before each of
+        its rounds; every round's values are checked against serial before its time is kept."""
         cpu_seconds: list[float] = []
+        ceiling_seconds: list[float] = []
+
+        def setup() -> None:
+            serial()
+            if ceiling is not None:
+                t0 = time.perf_counter()
+                ceiling.explain(instances)
+                ceiling_seconds.append(time.perf_counter() - t0)
 
         def explain_and_check() -> np.ndarray:
             cpu0 = time.process_time()
@@ -107,20 +133,22 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
             assert diff <= 1e-12, f"{_id(config)} differs from serial by {diff:.3g}"
             return values
 
-        benchmark.pedantic(explain_and_check, setup=serial, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+        benchmark.pedantic(explain_and_check, setup=setup, rounds=ROUNDS, warmup_rounds=1, iterations=1)
         info.update(serial_seconds=min(serial.seconds), serial_rounds=serial.seconds,
                     driver_cpu_seconds=min(cpu_seconds))
+        if ceiling_seconds:
+            info.update(processes_seconds=min(ceiling_seconds), processes_rounds=ceiling_seconds,
+                        processes_speedup=min(serial.seconds) / min(ceiling_seconds))
 
     if backend == "serial":
         with threadpool_limits(limits=1):  # serial = one CPU, like each worker
             benchmark.pedantic(serial_engine.explain, args=(instances,), rounds=ROUNDS, iterations=1)
         info["serial_seconds"] = benchmark.stats.stats.min
     elif backend == "processes":
-        with BareProcesses(serial_engine, workers, BATCH_SIZE) as processes:
-            t0 = time.perf_counter()
-            processes.start(instances)
-            info["startup_seconds"] = time.perf_counter() - t0
-            time_paired_with_serial(lambda: processes.explain(instances))
+        t0 = time.perf_counter()
+        processes = plain_processes(workers)
+        info["startup_seconds"] = time.perf_counter() - t0
+        time_paired_with_serial(lambda: processes.explain(instances))
     else:
         cluster = request.getfixturevalue("ray_cluster")
         if backend == "serve" and cluster.is_remote:
@@ -134,7 +162,8 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
         t0 = time.perf_counter()
         with explainer:  # starts the pool actors / Serve replicas / Ray Data pipeline; removes them after
             info["startup_seconds"] = time.perf_counter() - t0
-            time_paired_with_serial(lambda: explainer.explain(instances))
+            ceiling = None if cluster.is_remote else plain_processes(workers)  # this machine's only
+            time_paired_with_serial(lambda: explainer.explain(instances), ceiling)
 
     best = benchmark.stats.stats.min
     speedup = info["serial_seconds"] / best
@@ -147,8 +176,6 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
         efficiency=speedup / workers,
         nodes_used=1,
     )
-    if backend == "processes":
-        PROCESSES_SPEEDUP[workers] = speedup
-    elif workers in PROCESSES_SPEEDUP:
-        info.update(processes_speedup=PROCESSES_SPEEDUP[workers], vs_processes=speedup / PROCESSES_SPEEDUP[workers])
+    if "processes_speedup" in info:
+        info["vs_processes"] = speedup / info["processes_speedup"]
     benchmark.extra_info.update(info)
