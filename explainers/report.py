@@ -180,8 +180,8 @@ class Record:
     efficiency: float | None
     nodes_used: int | None
     cluster: Cluster = field(default_factory=Cluster)
-    #: ``perf/test_backends.py``: the plain processes' speedup at these workers, same run,
-    #: and this record's share of it (``speedup / processes_speedup``)
+    #: ``perf/test_backends.py``: the plain processes' speedup at these workers, from rounds
+    #: paired with this record's, and this record's share of it (``speedup / processes_speedup``)
     processes_speedup: float | None = None
     vs_processes: float | None = None
 
@@ -829,7 +829,8 @@ def render_markdown(records: Sequence[Record], runs: Sequence[_Run], figures: Se
     if any(r.vs_processes is not None for r in records):
         out += ["`perf/test_backends.py` also times the same minibatches on plain processes "
                 "without Ray: a backend's share of plain processes = its speedup / theirs at the "
-                "same workers, in the same run, the share of what the machine allowed.", ""]
+                "same workers, measured in the same minutes (older runs: in the same run), the "
+                "share of what the machine allowed.", ""]
     for setting in sorted({r.setting for r in records}):
         cluster, n, ns = setting
         out += [f"## {cluster}; {n} instances, nsamples {ns}", ""]
