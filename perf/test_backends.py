@@ -56,6 +56,8 @@ CONFIGS = [("serial", None, 1)] + [
                           ("serve", "default")]
     for w in WORKERS
 ]
+
+
 def _id(config: tuple) -> str:
     backend, mode, workers = config
     if backend == "serial":
@@ -90,7 +92,8 @@ def plain_processes(serial_engine, instances):
 
     def get(workers: int) -> BareProcesses:
         if workers not in started:
-            started[workers] = BareProcesses(serial_engine, workers, BATCH_SIZE).start(instances)
+            started[workers] = BareProcesses(serial_engine, workers, BATCH_SIZE)  # closed below even if start fails
+            started[workers].start(instances)
         return started[workers]
 
     try:
@@ -162,7 +165,8 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
         t0 = time.perf_counter()
         with explainer:  # starts the pool actors / Serve replicas / Ray Data pipeline; removes them after
             info["startup_seconds"] = time.perf_counter() - t0
-            ceiling = None if cluster.is_remote else plain_processes(workers)  # this machine's only
+            # the plain processes run here: on a remote cluster they are no ceiling for its workers
+            ceiling = None if cluster.is_remote else plain_processes(workers)
             time_paired_with_serial(lambda: explainer.explain(instances), ceiling)
 
     best = benchmark.stats.stats.min
