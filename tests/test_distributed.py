@@ -368,8 +368,11 @@ def _kill_mid_run(explainer, X, find_victims, kill_after: int = 8, held=None) ->
     """Start the workers, find the victims, run ``explain`` in a thread and SIGKILL one
     victim's process (as a crash) once ``kill_after`` rows are done; returns (victim, box).
 
-    ``held(victim)``, when given, counts the requests a victim holds: the one holding the most
-    is killed, and ``box["held_at_kill"]`` is its count. Otherwise the first victim is killed.
+    ``held(victim)``, when given, counts the requests a victim holds: then the kill comes as
+    soon as one victim holds two (one in explanation, one waiting), whatever the rows done,
+    and ``box["held_at_kill"]`` is its count. (Rows are counted in request order, so the count
+    can lag far behind: one slow first request holds it back while the other replica works
+    through its share.) Otherwise the first victim is killed.
     The victims are looked up before the run (the GCS's actor list is slow on a loaded
     machine, long enough for a run to end), and killed by signal, not ``ray.kill``, which
     takes effect whenever the GCS gets to it: the test checks that the process was gone
@@ -383,12 +386,19 @@ def _kill_mid_run(explainer, X, find_victims, kill_after: int = 8, held=None) ->
             for candidate in victims:
                 held(candidate)  # the first call to an actor connects to it: not mid-run
         thread, box = _run_in_thread(explainer, X, kill_after=kill_after)
-        assert box["started"].wait(timeout=120), "no explanation came back"
-        assert thread.is_alive() and box["done"] < len(X), "explain finished before the kill: slow the model"
         victim = victims[0]
-        if held is not None:
-            box["held_at_kill"], k = max((held(candidate), k) for k, candidate in enumerate(victims))
+        if held is None:
+            assert box["started"].wait(timeout=120), "no explanation came back"
+        else:
+            def busiest() -> tuple[int, int] | None:
+                count, k = max((held(candidate), k) for k, candidate in enumerate(victims))
+                return (count, k) if count >= 2 else None
+
+            found = wait_until(busiest, timeout=120, every=0.01)
+            assert found, "no victim held two requests"
+            box["held_at_kill"], k = found
             victim = victims[k]
+        assert thread.is_alive() and box["done"] < len(X), "explain finished before the kill: slow the model"
         process = psutil.Process(victim["Pid"])
         process.kill()
         assert wait_until(lambda: not _running(process), timeout=10, every=0.01), "the victim outlived SIGKILL"
@@ -447,7 +457,7 @@ def test_data_starts_a_pipeline_when_a_failed_restart_left_none(workload, engine
 
 
 def test_serve_survives_a_killed_replica(workload, engine_kwargs, X, serial, no_leftovers):
-    """17 requests of 4 rows over 2 replicas; the replica holding more of them dies.
+    """17 requests of 4 rows over 2 replicas; a replica dies holding at least two of them.
 
     Serve's router routes a request again itself when the replica died before replying that
     it took it; the backend re-sends the ones the replica had taken. Which of the two
@@ -461,7 +471,6 @@ def test_serve_survives_a_killed_replica(workload, engine_kwargs, X, serial, no_
         lambda: [dict(a, handle=ray.get_actor(a["Name"], namespace="serve")) for a in alive_actors()
                  if a["ActorClassName"] == f"ServeReplica:{explainer._workers.name}:{DEPLOYMENT_NAME}"],
         held=lambda victim: ray.get(victim["handle"].get_num_ongoing_requests.remote(), timeout=30))
-    assert box["held_at_kill"] >= 1, "no replica held a request when asked, milliseconds before the kill"
     assert_same(box["values"], serial)
 
 
