@@ -487,8 +487,8 @@ class _Response:
 
 
 def test_serve_resends_the_requests_a_dead_replica_took():
-    """The requests that fail because their replica died are sent again, once each, and every
-    answer is placed once; answers come back in request order whatever the deaths."""
+    """The requests that fail because their replica died are sent again, once per death, and
+    every answer is placed once."""
     from explainers.backends.serve import _collect
 
     deaths = {1: 1, 3: 2}  # item -> how many sends die before one answers
@@ -508,6 +508,7 @@ def test_serve_resends_the_requests_a_dead_replica_took():
 
 
 def test_serve_gives_up_on_requests_that_keep_dying():
+    """A request lost on every one of its ``max_retries`` re-sends raises ``WorkerLostError``."""
     from explainers.backends._common import WorkerLostError
     from explainers.backends.serve import _collect
 
