@@ -154,6 +154,10 @@ OPTIONS: tuple[_Opt, ...] = (
          "coalitions per instance: 'auto' (2 M + 2048 = 2072) or an int >= 2 (default auto)", metavar="N"),
     _Opt("--nruns", "kernelshap_nruns",
          f"timed rounds per configuration (default {DEFAULT_NRUNS})", metavar="N"),
+    _Opt("--min-efficiency", "kernelshap_min_efficiency",
+         "fail a distributed benchmark whose paired efficiency (median over rounds of serial round / "
+         "round, / workers) is below this fraction, e.g. 0.6: a CI gate that the machine's speed does "
+         "not move (default: no gate)", metavar="FRACTION"),
     _Opt("--report-dir", "kernelshap_report_dir",
          "write the scaling report (figures + Markdown table) here at the end of a benchmark session",
          metavar="DIR"),
@@ -243,6 +247,17 @@ def _choice_list(flag: str, value: Any, allowed: Sequence[str]) -> tuple[str, ..
     return tuple(a for a in allowed if a in tokens)  # canonical order, no duplicates
 
 
+def _fraction(flag: str, text: Any) -> float:
+    """A number in (0, 1], else ``pytest.UsageError``."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise pytest.UsageError(f"{flag}: {text!r} is not a number; use a fraction in (0, 1], e.g. 0.6") from None
+    if not 0 < value <= 1:
+        raise pytest.UsageError(f"{flag}: {value:g} is not allowed; use a fraction in (0, 1], e.g. 0.6")
+    return value
+
+
 @dataclass(frozen=True)
 class PluginOptions:
     """The parsed, validated options (``None`` = the default that depends on the cluster)."""
@@ -258,6 +273,7 @@ class PluginOptions:
     n_instances: int = DEFAULT_N_INSTANCES
     nsamples: int | str = "auto"
     nruns: int = DEFAULT_NRUNS
+    min_efficiency: float | None = None
     report_dir: Path | None = None
     k8s: K8sOptions = field(default_factory=K8sOptions)
     k8s_scale: bool = False
@@ -295,6 +311,7 @@ class PluginOptions:
                 raise pytest.UsageError(f"--nsamples: {nsamples} is not allowed; use 'auto' or an integer >= 2")
         n_raw, runs_raw = _raw(config, "--n-instances"), _raw(config, "--nruns")
         report = _raw(config, "--report-dir")
+        floor_raw = _raw(config, "--min-efficiency")
         k8s_defaults = K8sOptions()
         return cls(
             ray_address=address,
@@ -308,6 +325,7 @@ class PluginOptions:
             n_instances=_int("--n-instances", n_raw) if n_raw is not None else DEFAULT_N_INSTANCES,
             nsamples=nsamples,
             nruns=_int("--nruns", runs_raw) if runs_raw is not None else DEFAULT_NRUNS,
+            min_efficiency=_fraction("--min-efficiency", floor_raw) if floor_raw is not None else None,
             report_dir=Path(str(report)).expanduser() if report else None,
             k8s=K8sOptions(
                 namespace=str(_raw(config, "--k8s-namespace") or k8s_defaults.namespace),
@@ -447,7 +465,8 @@ class KernelShapRaySession:
             f"kernelshap-ray: n_instances={opts.n_instances} nsamples={opts.nsamples} nruns={opts.nruns} "
             f"backends={','.join(opts.backends)} serve_modes={','.join(opts.serve_modes)} "
             f"batch_sizes={','.join(map(str, opts.batch_sizes))} "
-            f"workers={','.join(map(str, opts.workers)) if opts.workers else 'auto (1, 2, 4, ... CPUs)'}",
+            f"workers={','.join(map(str, opts.workers)) if opts.workers else 'auto (1, 2, 4, ... CPUs)'}"
+            + (f" min_efficiency={opts.min_efficiency:g}" if opts.min_efficiency is not None else ""),
         ]
 
     def machine_info(self) -> dict[str, Any]:
@@ -509,6 +528,25 @@ class KernelShapRaySession:
             "efficiency": None if speedup is None else speedup / config.workers,
             "nodes_used": nodes_used,
         }
+
+
+    def check_efficiency(self, config: ScalingConfig, extra_info: dict[str, Any]) -> None:
+        """Fail the benchmark (``pytest.fail``) if its paired efficiency is below ``--min-efficiency``.
+
+        Called after ``extra_info`` is recorded, so the saved run keeps the figures that failed.
+        Without the option, for the serial baseline, or without serial rounds to pair with, it
+        does nothing.
+        """
+        floor = self.options.min_efficiency
+        efficiency = extra_info.get("paired_efficiency")
+        if floor is None or not config.distributed or efficiency is None:
+            return
+        if efficiency < floor:
+            pytest.fail(
+                f"{config.id}: paired efficiency {efficiency:.2f} (median speedup {efficiency * config.workers:.2f}x "
+                f"at {config.workers} worker{'s' if config.workers > 1 else ''}) is below --min-efficiency {floor:g}",
+                pytrace=False,
+            )
 
 
 def get_session(config: pytest.Config) -> KernelShapRaySession:
@@ -851,6 +889,16 @@ def explain_instances(kernelshap_ray: KernelShapRaySession, adult_workload: Any)
 def explainer_factory(kernelshap_ray: KernelShapRaySession, adult_workload: Any) -> ExplainerFactory:
     """``factory(config)`` -> an explainer (``explain(X)``) for a :class:`ScalingConfig` or a backend name."""
     return ExplainerFactory(kernelshap_ray, adult_workload)
+
+
+def paired_efficiency(serial_seconds: Sequence[float], round_seconds: Sequence[float], workers: int) -> float | None:
+    """Median over rounds of ``serial_seconds[i] / round_seconds[i]``, divided by ``workers``.
+
+    Each timed round is paired with the serial round run just before it, so a slow minute
+    slows both; the median ignores a single slow round of three. ``None`` without pairs.
+    """
+    ratios = [s / t for s, t in zip(serial_seconds, round_seconds) if t > 0]
+    return float(np.median(ratios)) / workers if ratios else None
 
 
 class SerialRounds:

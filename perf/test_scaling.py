@@ -12,7 +12,10 @@ engine explains the same instances in this process (one CPU) while the workers w
 ``speedup`` = the mean of these serial rounds (``serial_seconds``; all in
 ``serial_rounds``) / the benchmark's mean. A shared machine's speed drifts over a run; a
 baseline timed once, at the start, would credit or penalise whichever configuration ran
-in a fast or slow minute.
+in a fast or slow minute. ``paired_efficiency`` is the median over rounds of (serial
+round / the round after it) / workers: one slow round does not move it.
+``--min-efficiency F`` fails a configuration whose ``paired_efficiency`` is below ``F``,
+after its figures are recorded (a CI gate).
 
     pytest perf/ --benchmark-autosave
     pytest perf/ --ray-address local --nodes 2 --backends pool --workers 1,2
@@ -29,6 +32,7 @@ from explainers.pytest_plugin import (
     assert_same_values,
     close_explainer,
     get_session,
+    paired_efficiency,
 )
 
 
@@ -85,6 +89,9 @@ def test_scaling(
     )
     if config.distributed:
         benchmark.extra_info.update(startup_seconds=startup_seconds, serial_seconds=paired,
-                                    serial_rounds=serial_rounds.seconds)
+                                    serial_rounds=serial_rounds.seconds,
+                                    paired_efficiency=paired_efficiency(serial_rounds.seconds,
+                                                                        benchmark.stats.stats.data, config.workers))
     if isinstance(explainer, InClusterExplainer):
         benchmark.extra_info["in_cluster_seconds"] = explainer.seconds
+    kernelshap_ray.check_efficiency(config, benchmark.extra_info)

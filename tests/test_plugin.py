@@ -23,6 +23,7 @@ from explainers.pytest_plugin import (
     OPTIONS,
     ScalingConfig,
     default_workers,
+    paired_efficiency,
     scaling_grid,
 )
 
@@ -101,6 +102,13 @@ def test_default_workers_are_powers_of_two_up_to_the_cpus(cpus, expected):
     assert default_workers(cpus) == expected
 
 
+def test_paired_efficiency_is_the_median_paired_speedup_per_worker():
+    # rounds 2 s, 2 s and one slow 8 s, each after a 3 s serial round: the slow one is ignored
+    assert paired_efficiency([3.0, 3.0, 3.0], [2.0, 8.0, 2.0], workers=2) == pytest.approx(0.75)
+    assert paired_efficiency([3.0, 4.0], [2.0, 2.0], workers=1) == pytest.approx(1.75)  # even: the mean of the middle two
+    assert paired_efficiency([], [], workers=2) is None
+
+
 # --------------------------------------------------------------------------- options and ini
 def test_help_shows_all_options_in_one_group(pytester):
     result = pytester.runpytest("--help")
@@ -118,7 +126,7 @@ def test_options(kernelshap_ray):
     o = kernelshap_ray.options
     print("\\nOPTIONS", o.ray_address, o.nodes, o.ray_cpus, list(o.workers or []), list(o.batch_sizes),
           list(o.backends), list(o.serve_modes), o.n_instances, o.nsamples, o.nruns, o.report_dir,
-          o.k8s.namespace, o.k8s.cluster, o.k8s_scale)
+          o.k8s.namespace, o.k8s.cluster, o.k8s_scale, o.min_efficiency)
 """
 
 
@@ -133,7 +141,7 @@ def test_defaults(pytester):
     result.assert_outcomes(passed=1)
     assert _options_line(result) == (
         "local 1 None [] [1, 5, 10] ['pool', 'serve', 'data'] ['ray', 'default'] 128 auto 3 None "
-        "default kernelshap False"
+        "default kernelshap False None"
     )
 
 
@@ -155,6 +163,7 @@ def test_ini_twins_and_command_line_precedence(pytester):
         kernelshap_k8s_namespace = ns
         kernelshap_k8s_cluster = rc
         kernelshap_k8s_scale = true
+        kernelshap_min_efficiency = 0.5
         """
     )
     pytester.makepyfile(PRINT_OPTIONS)
@@ -162,13 +171,14 @@ def test_ini_twins_and_command_line_precedence(pytester):
     result.assert_outcomes(passed=1)
     # backends come out in canonical order
     assert _options_line(result) == (
-        "local 2 4 [1, 3] [2, 7] ['pool', 'data'] ['default'] 40 100 2 rep ns rc True"
+        "local 2 4 [1, 3] [2, 7] ['pool', 'data'] ['default'] 40 100 2 rep ns rc True 0.5"
     )
     # the command line wins over the ini file; lists can be repeated or comma separated
-    result = pytester.runpytest("-s", "--workers", "4", "--workers", "2,1", "--nruns", "5", "--backends", "serve")
+    result = pytester.runpytest("-s", "--workers", "4", "--workers", "2,1", "--nruns", "5", "--backends", "serve",
+                                "--min-efficiency", "0.75")
     result.assert_outcomes(passed=1)
     assert _options_line(result) == (
-        "local 2 4 [1, 2, 4] [2, 7] ['serve'] ['default'] 40 100 5 rep ns rc True"
+        "local 2 4 [1, 2, 4] [2, 7] ['serve'] ['default'] 40 100 5 rep ns rc True 0.75"
     )
 
 
@@ -189,6 +199,9 @@ def test_ini_twins_and_command_line_precedence(pytester):
         (["--nsamples", "many"], "--nsamples: 'many' is not allowed"),
         (["--nruns", "0"], "--nruns: 0 is not allowed"),
         (["--n-instances", "1.5"], "--n-instances: '1.5' is not an integer"),
+        (["--min-efficiency", "0"], "--min-efficiency: 0 is not allowed; use a fraction in (0, 1]"),
+        (["--min-efficiency", "1.5"], "--min-efficiency: 1.5 is not allowed; use a fraction in (0, 1]"),
+        (["--min-efficiency", "high"], "--min-efficiency: 'high' is not a number"),
     ],
 )
 def test_bad_values_are_usage_errors(pytester, args, message):
@@ -269,6 +282,9 @@ def test_report_header_without_starting_ray(pytester):
         "kernelshap-ray: ray 2.*, python 3.*, address local (2 nodes, 2 CPUs); connected when a test needs the cluster",
         "kernelshap-ray: n_instances=8 nsamples=auto nruns=3 backends=pool,serve,data *",
     ])
+    assert "min_efficiency" not in result.stdout.str()
+    result = pytester.runpytest("--min-efficiency", "0.6")
+    result.stdout.fnmatch_lines(["kernelshap-ray: n_instances=* workers=* min_efficiency=0.6"])
     assert "kernelshap-ray: ran on" not in result.stdout.str()  # nothing connected
     result = pytester.runpytest("--ray-address", "ray://10.0.0.1:10001")
     result.stdout.fnmatch_lines(["kernelshap-ray: ray *, address ray://10.0.0.1:10001; connected when *"])
@@ -407,6 +423,53 @@ def test_two_nodes_are_both_used_and_unplaceable_configs_are_skipped(pytester, i
     assert len(info["serial_rounds"]) == 1 and info["serial_seconds"] == info["serial_rounds"][0]
     assert info["speedup"] == pytest.approx(info["serial_seconds"] / bench["stats"]["mean"])
     assert saved["machine_info"]["ray_nodes"] == 2 and saved["machine_info"]["ray_cpus"] == 2
+
+
+SLOW_AT_TWO_WORKERS = """
+import time
+import pytest
+
+class Delayed:
+    def __init__(self, inner):
+        self.inner = inner
+    def start(self):
+        self.inner.start()
+    def explain(self, X):
+        time.sleep(2.0)
+        return self.inner.explain(X)
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+@pytest.fixture(scope="session")
+def explainer_factory(explainer_factory):
+    def make(config):
+        inner = explainer_factory(config)
+        return Delayed(inner) if config.workers == 2 else inner
+    return make
+"""
+
+
+@pytest.mark.slow
+def test_min_efficiency_gate_fails_the_configuration_below_it(pytester, inner_env):
+    """``--min-efficiency`` on a real local cluster: pool at 1 worker passes; pool at 2 workers,
+    whose calls sleep 2 s before explaining 2 instances (efficiency about 0.01), fails with the
+    figures in the message, and its figures are still saved."""
+    _write_suite(pytester)
+    pytester.makeconftest(SLOW_AT_TWO_WORKERS)
+    out = pytester.path / "out.json"
+    result = pytester.runpytest_subprocess(
+        "--ray-cpus", "2", "--backends", "pool", "--workers", "1,2", "--batch-sizes", "1",
+        "--n-instances", "2", "--nruns", "1", "--min-efficiency", "0.1", "-k", "not serial",
+        f"--benchmark-json={out}", timeout=300,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*min_efficiency=0.1*",
+        "*pool-w2-b1: paired efficiency 0.0? (median speedup 0.0?x at 2 workers) is below --min-efficiency 0.1*",
+    ])
+    saved = {b["param"]: b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]}
+    assert saved["pool-w1-b1"]["paired_efficiency"] >= 0.1
+    assert saved["pool-w2-b1"]["paired_efficiency"] < 0.1
 
 
 RECORD_SESSION = """
