@@ -52,6 +52,11 @@ class BareProcesses:
         wait([self._pool.submit(_explain, 0, X[:1]) for _ in range(self.workers)])
         return self
 
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """The processes' IDs (once started)."""
+        return tuple(self._pool._processes or ())  # the executor keeps no public list
+
     def explain(self, X: np.ndarray) -> np.ndarray:
         """``X`` (n, D) -> values (n, M[, K]); a worker's exception is raised here."""
         futures = [self._pool.submit(_explain, s, X[s:s + self.batch_size])

@@ -184,6 +184,9 @@ class Record:
     #: paired with this record's, and this record's share of it (``speedup / processes_speedup``)
     processes_speedup: float | None = None
     vs_processes: float | None = None
+    #: ``perf/test_backends.py`` on a local cluster: the share of the driver and Ray's own
+    #: processes in the machine's CPU per call (``explainers.machine_cpu``)
+    overhead_cpu_share: float | None = None
 
     @property
     def panel(self) -> str:
@@ -315,6 +318,7 @@ def _parse_benchmark(bench: Any, index: int, source: str, run_dt: str, machine_i
         nodes_used=nodes, cluster=cluster,
         processes_speedup=_float_or_none(info, "processes_speedup", where),
         vs_processes=_float_or_none(info, "vs_processes", where),
+        overhead_cpu_share=_float_or_none(info, "overhead_cpu_share", where),
     )
 
 
@@ -778,11 +782,14 @@ def _fmt(x: Any, spec: str = "") -> str:
 
 #: shown when a table's records measured the plain-process ceiling (``perf/test_backends.py``)
 CEILING_COLUMNS = ("plain processes speedup", "share of plain processes")
+#: shown when a table's records accounted the machine's CPU per call (``explainers.machine_cpu``)
+OVERHEAD_COLUMN = "driver + Ray CPU share"
 
 
 def _table(records: Sequence[Record]) -> list[str]:
     ceiling = any(r.vs_processes is not None for r in records)
-    columns = TABLE_COLUMNS + (CEILING_COLUMNS if ceiling else ())
+    overhead = any(r.overhead_cpu_share is not None for r in records)
+    columns = TABLE_COLUMNS + (CEILING_COLUMNS if ceiling else ()) + ((OVERHEAD_COLUMN,) if overhead else ())
     right = {c for c in columns if c not in ("backend", "serve mode")}
     lines = ["| " + " | ".join(columns) + " |",
              "|" + "|".join("---:" if c in right else "---" for c in columns) + "|"]
@@ -793,6 +800,8 @@ def _table(records: Sequence[Record]) -> list[str]:
                  _fmt(r.efficiency, ".3f"), _fmt(r.nodes_used))
         if ceiling:
             cells += (_fmt(r.processes_speedup, ".3f"), _fmt(r.vs_processes, ".0%"))
+        if overhead:
+            cells += (_fmt(r.overhead_cpu_share, ".1%"),)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -831,6 +840,10 @@ def render_markdown(records: Sequence[Record], runs: Sequence[_Run], figures: Se
                 "without Ray: a backend's share of plain processes = its speedup / theirs at the "
                 "same workers, measured in the same minutes (older runs: in the same run), the "
                 "share of what the machine allowed.", ""]
+    if any(r.overhead_cpu_share is not None for r in records):
+        out += [f"{OVERHEAD_COLUMN}: of the CPU time this machine spent on a call (workers, "
+                "driver, Ray's own processes), the share that was not the workers': on a machine "
+                "the workers fill, that much was taken from them.", ""]
     for setting in sorted({r.setting for r in records}):
         cluster, n, ns = setting
         out += [f"## {cluster}; {n} instances, nsamples {ns}", ""]

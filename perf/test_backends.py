@@ -11,6 +11,12 @@ minute of a shared machine whose speed drifts by 10% or more over a run;
 ``efficiency`` = speedup / workers. The ``serial`` benchmark is the baseline row.
 ``driver_cpu_seconds`` is this process's CPU time per call (all its threads: Serve's
 router, Ray Data's executor), which competes with the workers for the machine's cores.
+Where the workers run on this machine (a local cluster, the plain processes),
+``machine_cpu_seconds`` splits the whole machine's CPU per call (median of the timed
+rounds) into the workers', the driver's, Ray's own processes' (raylet, GCS, Serve's
+controller, Ray Data's coordinating actors) and the rest's (``explainers.machine_cpu``), and
+``overhead_cpu_share`` is the driver's and Ray's share of what the call used: on two cores
+that the workers fill, the time taken from them.
 
 The ``processes`` rows (``extra_info["baseline"]``, no ``backend``: the report leaves them
 out) run the same minibatches on plain spawned processes, no Ray, paired with serial the
@@ -42,6 +48,7 @@ from threadpoolctl import threadpool_limits
 
 from explainers import KernelShap
 from explainers.bare_processes import BareProcesses
+from explainers.machine_cpu import CpuSnapshot, cpu_by_role, machine_cpu_summary, take_snapshot
 from explainers.pytest_plugin import SerialExplainer, SerialRounds
 
 N_INSTANCES = int(os.environ.get("BENCH_BACKENDS_INSTANCES", "256"))
@@ -114,18 +121,31 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
     benchmark.group = "backends"
     serial = SerialRounds(SerialExplainer(serial_engine), instances)  # one CPU, like each worker
 
-    def time_paired_with_serial(explain, ceiling: BareProcesses | None = None) -> None:
+    def time_paired_with_serial(explain, ceiling: BareProcesses | None = None,
+                                worker_pids: tuple[int, ...] | None = None) -> None:
         """Time ``explain()``, a serial round (then a ``ceiling`` round, if given) before each of
-        its rounds; every round's values are checked against serial before its time is kept."""
+        its rounds; every round's values are checked against serial before its time is kept.
+        ``worker_pids`` (the workers are on this machine): also account the machine's CPU
+        per call by role, between snapshots taken right before and right after each round."""
         cpu_seconds: list[float] = []
         ceiling_seconds: list[float] = []
+        machine_rounds: list[dict[str, float]] = []
+        last_snapshot: list[CpuSnapshot] = []
+
+        def account_machine_cpu() -> None:
+            if last_snapshot:
+                machine_rounds.append(cpu_by_role(last_snapshot.pop(), take_snapshot(worker_pids)))
 
         def setup() -> None:
+            if worker_pids is not None:
+                account_machine_cpu()
             serial()
             if ceiling is not None:
                 t0 = time.perf_counter()
                 ceiling.explain(instances)
                 ceiling_seconds.append(time.perf_counter() - t0)
+            if worker_pids is not None:
+                last_snapshot.append(take_snapshot(worker_pids))
 
         def explain_and_check() -> np.ndarray:
             cpu0 = time.process_time()
@@ -139,6 +159,9 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
         benchmark.pedantic(explain_and_check, setup=setup, rounds=ROUNDS, warmup_rounds=1, iterations=1)
         info.update(serial_seconds=min(serial.seconds), serial_rounds=serial.seconds,
                     driver_cpu_seconds=min(cpu_seconds))
+        if worker_pids is not None:
+            account_machine_cpu()
+            info.update(machine_cpu_summary(machine_rounds[1:]))  # [0]: the warm-up round
         if ceiling_seconds:
             info.update(processes_seconds=min(ceiling_seconds), processes_rounds=ceiling_seconds,
                         processes_speedup=min(serial.seconds) / min(ceiling_seconds))
@@ -151,7 +174,7 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
         t0 = time.perf_counter()
         processes = plain_processes(workers)
         info["startup_seconds"] = time.perf_counter() - t0
-        time_paired_with_serial(lambda: processes.explain(instances))
+        time_paired_with_serial(lambda: processes.explain(instances), worker_pids=processes.pids)
     else:
         cluster = request.getfixturevalue("ray_cluster")
         if backend == "serve" and cluster.is_remote:
@@ -167,7 +190,8 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
             info["startup_seconds"] = time.perf_counter() - t0
             # the plain processes run here: on a remote cluster they are no ceiling for its workers
             ceiling = None if cluster.is_remote else plain_processes(workers)
-            time_paired_with_serial(lambda: explainer.explain(instances), ceiling)
+            time_paired_with_serial(lambda: explainer.explain(instances), ceiling,
+                                    worker_pids=None if cluster.is_remote else ())
 
     best = benchmark.stats.stats.min
     speedup = info["serial_seconds"] / best

@@ -26,6 +26,7 @@ from explainers.backends._common import (  # noqa: E402
 from explainers.backends.serve import DEPLOYMENT_NAME  # noqa: E402
 from explainers.distributed import DistributedKernelShap, explain_in_cluster  # noqa: E402
 from explainers.engine import KernelShap  # noqa: E402
+from explainers.machine_cpu import take_snapshot  # noqa: E402
 
 # Models defined here travel to workers by value (workers cannot import this test module).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -180,8 +181,15 @@ CONFIGS = [
 @pytest.mark.parametrize("config", CONFIGS)
 def test_backend_equals_serial(config, workload, engine_kwargs, X, serial, no_leftovers):
     explainer = DistributedKernelShap(workload.predict_proba, **engine_kwargs, progress=False, **config)
-    values = explainer.explain(X)
+    worker_processes: list[int] = []  # as perf/test_backends.py's CPU accounting sees them, mid-call
+
+    def count_worker_processes(k: int) -> None:
+        if not worker_processes:
+            worker_processes.append(sum(role == "workers" for role, _ in take_snapshot().cpu.values()))
+
+    values = explainer.explain(X, callback=count_worker_processes)
     assert_same(values, serial)
+    assert worker_processes == [explainer.last_run["workers"]]
     assert np.allclose(explainer.expected_value, KernelShap(workload.predict_proba, **engine_kwargs).expected_value)
 
 

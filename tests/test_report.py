@@ -323,6 +323,18 @@ def test_share_of_the_plain_processes_is_a_column_where_it_was_measured(tmp_path
     assert all(r["plain processes speedup"] == "—" for r in rows if r is not measured[0])
 
 
+def test_overhead_cpu_share_is_a_column_where_it_was_accounted(tmp_path, built):
+    assert "driver + Ray CPU share" not in built.markdown
+    raw = _raw()
+    bench = next(b for b in _benches(raw, "data") if b["extra_info"]["workers"] == 2)
+    bench["extra_info"].update(machine_cpu_seconds={"workers": 3.8, "driver": 0.14, "ray": 0.16, "other": 0.02},
+                               overhead_cpu_share=0.3 / 4.1)
+    markdown = build_report([_write(tmp_path, raw)], tmp_path / "out").markdown
+    rows = _table_rows(markdown)
+    accounted = [r for r in rows if r["driver + Ray CPU share"] != "—"]
+    assert [(r["backend"], r["workers"], r["driver + Ray CPU share"]) for r in accounted] == [("data", "2", "7.3%")]
+
+
 def _break(mutate):
     raw = _raw()
     bench = raw["benchmarks"][3]
