@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from explainers.backends.data import IDLE, IDLE_HEARTBEAT_S, MinibatchQueue
+from explainers.backends.data import IDLE, IDLE_HEARTBEAT_S, LATER, MinibatchQueue
 
 
 def run(coro):
@@ -82,5 +82,33 @@ def test_stopping_ends_every_reader(how):
             await q.register()
         assert await asyncio.wait_for(waiting, 1) is None
         assert await q.take() is None
+
+    run(scenario())
+
+
+def test_a_busy_reader_gets_the_next_item_only_while_every_other_reader_would_find_one():
+    async def scenario():
+        q = MinibatchQueue(readers=2)
+        await q.put([(0, s, s + 10, "X") for s in range(0, 40, 10)])
+        assert await q.take() == (0, 0, 10, "X")
+        assert await q.take_ahead() == (0, 10, 20, "X")  # 3 waiting, 2 readers
+        assert await q.take_ahead() == (0, 20, 30, "X")  # 2 waiting
+        assert await q.take_ahead() == LATER  # 1 waiting: it is left for a reader that is free
+        assert await q.take() == (0, 30, 40, "X")
+        assert await q.take_ahead() == LATER
+        assert await q.take() == IDLE  # call 0 in progress, nothing to hand out
+        await q.stop()
+        assert await q.take_ahead() is None
+
+    run(scenario())
+
+
+def test_one_reader_always_gets_the_next_item_ahead():
+    async def scenario():
+        q = MinibatchQueue(readers=1)
+        await q.put([(0, 0, 10, "X"), (0, 10, 15, "X")])
+        assert await q.take_ahead() == (0, 0, 10, "X")
+        assert await q.take_ahead() == (0, 10, 15, "X")
+        assert await q.take_ahead() == LATER
 
     run(scenario())

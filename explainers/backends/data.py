@@ -3,7 +3,8 @@
 The pipeline is ``read_datasource(MinibatchSource) -> map_batches(KernelShapDataWorker,
 compute=ActorPoolStrategy(size=workers))``. Ray Data fuses the read into the map actors
 (both ask for the same resources), so each of the ``workers`` actors runs one reader that
-takes the next minibatch from a :class:`MinibatchQueue` actor whenever it is free: the
+takes the next minibatch from a :class:`MinibatchQueue` actor whenever it is free (or
+ahead, while the last is explained, as long as enough wait for every other reader): the
 work balances itself, as in an actor pool. A row of the dataset is one minibatch,
 ``{"call", "start", "x": (b, D)}``, and the map turns it into
 ``{"call", "start", "values": (b, M) or (b, M, K), "error"}``; the driver places values by
@@ -54,6 +55,8 @@ CLOSE_TIMEOUT_S = 60.0
 IDLE_HEARTBEAT_S = 0.02
 #: ``call`` of an idle heartbeat row
 IDLE = -1
+#: :meth:`MinibatchQueue.take_ahead`'s answer when the reader should ask again once it is free
+LATER = -2
 
 
 class MinibatchQueue:
@@ -118,6 +121,19 @@ class MinibatchQueue:
                 await self._changed.wait_for(ready)
             return None if self._stopping else self._items.popleft()
 
+    async def take_ahead(self) -> tuple | int | None:
+        """The next item for a reader still busy with one, or :data:`LATER`; ``None`` once stopping.
+
+        A reader asks while its current minibatch is explained, so the next one is there when
+        it is done, not a round trip later. It gets one only while at least as many wait as
+        there are readers: every other reader still finds one when it asks, so no reader holds
+        a minibatch that an idle reader could have run.
+        """
+        async with self._changed:
+            if self._stopping:
+                return None
+            return self._items.popleft() if len(self._items) >= self._expected else LATER
+
     async def finish(self, call: int) -> None:
         """``call`` has all its values: no more heartbeats for it."""
         async with self._changed:
@@ -137,13 +153,18 @@ class MinibatchQueue:
 
 def read_minibatches(minibatch_queue: Any) -> Iterator[Any]:
     """A reader: one-row blocks ``{"call", "start", "x": (1, b, D)}`` taken from the queue
-    (``call`` is :data:`IDLE` in a heartbeat row)."""
+    (``call`` is :data:`IDLE` in a heartbeat row); asks for the next while the map explains
+    the last (:meth:`MinibatchQueue.take_ahead`)."""
     from ray.data.block import BlockAccessor
 
     ray.get(minibatch_queue.register.remote())
     call, X = None, None
+    ahead = None
     while True:
-        item = ray.get(minibatch_queue.take.remote())
+        item = LATER if ahead is None else ray.get(ahead)
+        ahead = None
+        if item == LATER:
+            item = ray.get(minibatch_queue.take.remote())
         if item is None:
             return
         if item == IDLE:
@@ -153,6 +174,7 @@ def read_minibatches(minibatch_queue: Any) -> Iterator[Any]:
         if item[0] != call:
             call, X = item[0], ray.get(item[3])
         start, stop = item[1], item[2]
+        ahead = minibatch_queue.take_ahead.remote()  # answered while this minibatch is explained
         yield BlockAccessor.batch_to_block(
             {"call": np.array([call]), "start": np.array([start]), "x": X[start:stop][None]})
 
@@ -187,10 +209,12 @@ class KernelShapDataWorker:
         self.engine = ray.get(engine_box[0])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``{"call": (k,), "start": (k,), "x": (k, b, D)}`` -> ``values`` (k, b, M[, K]) and ``error`` (k,)."""
+        """``{"call": (k,), "start": (k,), "x": (k, b, D)}`` -> ``values`` (k, b, M[, K]) and
+        ``error`` (k,) str, empty where it worked (not an object array: Ray Data pickles those
+        element by element, about 1 ms per block each way)."""
         if batch["call"].tolist() == [IDLE]:  # a heartbeat: passed on as it is
             return {"call": batch["call"], "start": batch["start"], "values": np.zeros((1, 1, 1)),
-                    "error": np.array([""], dtype=object)}
+                    "error": np.array([""])}
         values, errors = [], []
         for start, x in zip(batch["start"].tolist(), batch["x"]):
             x = np.asarray(x)
@@ -204,7 +228,7 @@ class KernelShapDataWorker:
                 values.append(np.zeros(shape))
                 errors.append(exc.cause_text)
         return {"call": batch["call"], "start": batch["start"], "values": np.stack(values),
-                "error": np.array(errors, dtype=object)}
+                "error": np.array(errors)}
 
 
 class Workers:
