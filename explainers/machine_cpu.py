@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import statistics
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import psutil
 
@@ -98,3 +98,33 @@ def machine_cpu_summary(rounds: list[dict[str, float]]) -> dict:
     used = median["workers"] + median["driver"] + median["ray"]
     return {"machine_cpu_seconds": median,
             "overhead_cpu_share": (median["driver"] + median["ray"]) / used if used > 0 else None}
+
+
+class CpuPerRound:
+    """The machine's CPU by role in each timed round of ``benchmark.pedantic``.
+
+    Pass it as ``setup=``: each call closes the window of the round before (if any), runs
+    ``setup`` (untimed work such as a paired serial round, kept out of the window), and opens
+    a window for the round that follows. :meth:`finish` closes the last window and returns
+    one :func:`cpu_by_role` per round, warm-up rounds included, in order.
+    """
+
+    def __init__(self, setup: Callable[[], None] | None = None, worker_pids: Iterable[int] = ()) -> None:
+        self.setup, self.worker_pids = setup, tuple(worker_pids)
+        self.rounds: list[dict[str, float]] = []
+        self._open: CpuSnapshot | None = None
+
+    def __call__(self) -> None:
+        self._close()
+        if self.setup is not None:
+            self.setup()
+        self._open = take_snapshot(self.worker_pids)
+
+    def _close(self) -> None:
+        if self._open is not None:
+            self.rounds.append(cpu_by_role(self._open, take_snapshot(self.worker_pids)))
+            self._open = None
+
+    def finish(self) -> list[dict[str, float]]:
+        self._close()
+        return self.rounds

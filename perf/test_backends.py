@@ -48,7 +48,7 @@ from threadpoolctl import threadpool_limits
 
 from explainers import KernelShap
 from explainers.bare_processes import BareProcesses
-from explainers.machine_cpu import CpuSnapshot, cpu_by_role, machine_cpu_summary, take_snapshot
+from explainers.machine_cpu import CpuPerRound, machine_cpu_summary
 from explainers.pytest_plugin import SerialExplainer, SerialRounds
 
 N_INSTANCES = int(os.environ.get("BENCH_BACKENDS_INSTANCES", "256"))
@@ -129,23 +129,15 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
         per call by role, between snapshots taken right before and right after each round."""
         cpu_seconds: list[float] = []
         ceiling_seconds: list[float] = []
-        machine_rounds: list[dict[str, float]] = []
-        last_snapshot: list[CpuSnapshot] = []
-
-        def account_machine_cpu() -> None:
-            if last_snapshot:
-                machine_rounds.append(cpu_by_role(last_snapshot.pop(), take_snapshot(worker_pids)))
 
         def setup() -> None:
-            if worker_pids is not None:
-                account_machine_cpu()
             serial()
             if ceiling is not None:
                 t0 = time.perf_counter()
                 ceiling.explain(instances)
                 ceiling_seconds.append(time.perf_counter() - t0)
-            if worker_pids is not None:
-                last_snapshot.append(take_snapshot(worker_pids))
+
+        machine_cpu = None if worker_pids is None else CpuPerRound(setup, worker_pids)
 
         def explain_and_check() -> np.ndarray:
             cpu0 = time.process_time()
@@ -156,12 +148,12 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
             assert diff <= 1e-12, f"{_id(config)} differs from serial by {diff:.3g}"
             return values
 
-        benchmark.pedantic(explain_and_check, setup=setup, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+        benchmark.pedantic(explain_and_check, setup=machine_cpu or setup, rounds=ROUNDS, warmup_rounds=1,
+                           iterations=1)
         info.update(serial_seconds=min(serial.seconds), serial_rounds=serial.seconds,
                     driver_cpu_seconds=min(cpu_seconds))
-        if worker_pids is not None:
-            account_machine_cpu()
-            info.update(machine_cpu_summary(machine_rounds[1:]))  # [0]: the warm-up round
+        if machine_cpu is not None:
+            info.update(machine_cpu_summary(machine_cpu.finish()[1:]))  # [0]: the warm-up round
         if ceiling_seconds:
             info.update(processes_seconds=min(ceiling_seconds), processes_rounds=ceiling_seconds,
                         processes_speedup=min(serial.seconds) / min(ceiling_seconds))

@@ -15,7 +15,8 @@ baseline timed once, at the start, would credit or penalise whichever configurat
 in a fast or slow minute. ``paired_efficiency`` is the median over rounds of (serial
 round / the round after it) / workers: one slow round does not move it.
 ``--min-efficiency F`` fails a configuration whose ``paired_efficiency`` is below ``F``,
-after its figures are recorded (a CI gate).
+after its figures are recorded (a CI gate). On a local cluster, ``machine_cpu_seconds`` and
+``overhead_cpu_share`` account the machine's CPU per round by role (``explainers.machine_cpu``).
 
     pytest perf/ --benchmark-autosave
     pytest perf/ --ray-address local --nodes 2 --backends pool --workers 1,2
@@ -26,6 +27,7 @@ import time
 
 import pytest
 
+from explainers.machine_cpu import CpuPerRound, machine_cpu_summary
 from explainers.pytest_plugin import (
     ActorNodeTracker,
     InClusterExplainer,
@@ -47,9 +49,12 @@ def test_scaling(
     serial_rounds,
 ):
     config = scaling_config
+    machine_cpu = None
     if config.distributed:
-        request.getfixturevalue("ray_cluster")  # only distributed configurations start Ray
+        cluster = request.getfixturevalue("ray_cluster")  # only distributed configurations start Ray
         kernelshap_ray.require_placeable(config)
+        if not cluster.is_remote:  # the workers are on this machine
+            machine_cpu = CpuPerRound(serial_rounds)
     benchmark.group = config.group
     X = explain_instances
 
@@ -69,8 +74,9 @@ def test_scaling(
             assert_same_values(values, serial_reference, config.id)
             return values
 
-        benchmark.pedantic(explain_and_check, setup=serial_rounds if config.distributed else None,
+        benchmark.pedantic(explain_and_check, setup=(machine_cpu or serial_rounds) if config.distributed else None,
                            rounds=kernelshap_ray.options.nruns, warmup_rounds=0, iterations=1)
+        machine_rounds = machine_cpu.finish() if machine_cpu is not None else []
         nodes_used = tracker.nodes_used(explainer) if tracker is not None else None
     finally:
         close_explainer(explainer)
@@ -92,6 +98,7 @@ def test_scaling(
                                     serial_rounds=serial_rounds.seconds,
                                     paired_efficiency=paired_efficiency(serial_rounds.seconds,
                                                                         benchmark.stats.stats.data, config.workers))
+    benchmark.extra_info.update(machine_cpu_summary(machine_rounds))
     if isinstance(explainer, InClusterExplainer):
         benchmark.extra_info["in_cluster_seconds"] = explainer.seconds
     kernelshap_ray.check_efficiency(config, benchmark.extra_info)

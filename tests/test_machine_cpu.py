@@ -10,7 +10,14 @@ import pytest
 
 from explainers import KernelShap
 from explainers.bare_processes import BareProcesses
-from explainers.machine_cpu import CpuSnapshot, cpu_by_role, machine_cpu_summary, role_of, take_snapshot
+from explainers.machine_cpu import (
+    CpuPerRound,
+    CpuSnapshot,
+    cpu_by_role,
+    machine_cpu_summary,
+    role_of,
+    take_snapshot,
+)
 
 RAY_DIR = "/venv/lib/python3.11/site-packages/ray"
 
@@ -71,3 +78,26 @@ def test_work_of_plain_processes_is_counted_as_the_workers():
         spent = cpu_by_role(before, take_snapshot(processes.pids))
     assert spent["workers"] > 0.5 * wall  # two busy processes: close to 2 x wall
     assert spent["workers"] > 5 * spent["driver"]
+
+
+def _spin(seconds: float) -> None:
+    t0 = time.process_time()
+    while time.process_time() - t0 < seconds:
+        pass
+
+
+def test_per_round_accounting_keeps_the_setup_out_of_each_round():
+    setups: list[int] = []
+
+    def setup() -> None:  # like a paired serial round: untimed, not to be counted
+        setups.append(1)
+        _spin(0.4)
+
+    per_round = CpuPerRound(setup)
+    for _ in range(2):  # what benchmark.pedantic does: setup, then the timed round
+        per_round()
+        _spin(0.1)
+    rounds = per_round.finish()
+    assert len(setups) == 2 and len(rounds) == 2
+    assert all(0.05 <= r["driver"] <= 0.3 for r in rounds), rounds
+    assert per_round.finish() == rounds  # finishing again adds nothing
