@@ -121,12 +121,13 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
     benchmark.group = "backends"
     serial = SerialRounds(SerialExplainer(serial_engine), instances)  # one CPU, like each worker
 
-    def time_paired_with_serial(explain, ceiling: BareProcesses | None = None,
-                                worker_pids: tuple[int, ...] | None = None) -> None:
+    def time_paired_with_serial(explain, ceiling: BareProcesses | None = None, *, account_cpu: bool,
+                                worker_pids: tuple[int, ...] = ()) -> None:
         """Time ``explain()``, a serial round (then a ``ceiling`` round, if given) before each of
         its rounds; every round's values are checked against serial before its time is kept.
-        ``worker_pids`` (the workers are on this machine): also account the machine's CPU
-        per call by role, between snapshots taken right before and right after each round."""
+        ``account_cpu`` (the workers are on this machine): also account the machine's CPU per
+        call by role, between snapshots taken right before and right after each round, with
+        ``worker_pids`` counted as workers besides our actors."""
         cpu_seconds: list[float] = []
         ceiling_seconds: list[float] = []
 
@@ -137,7 +138,7 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
                 ceiling.explain(instances)
                 ceiling_seconds.append(time.perf_counter() - t0)
 
-        machine_cpu = None if worker_pids is None else CpuPerRound(setup, worker_pids)
+        machine_cpu = CpuPerRound(setup, worker_pids) if account_cpu else None
 
         def explain_and_check() -> np.ndarray:
             cpu0 = time.process_time()
@@ -166,7 +167,7 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
         t0 = time.perf_counter()
         processes = plain_processes(workers)
         info["startup_seconds"] = time.perf_counter() - t0
-        time_paired_with_serial(lambda: processes.explain(instances), worker_pids=processes.pids)
+        time_paired_with_serial(lambda: processes.explain(instances), account_cpu=True, worker_pids=processes.pids)
     else:
         cluster = request.getfixturevalue("ray_cluster")
         if backend == "serve" and cluster.is_remote:
@@ -183,7 +184,7 @@ def test_backend(benchmark, request, config, adult_workload, serial_engine, inst
             # the plain processes run here: on a remote cluster they are no ceiling for its workers
             ceiling = None if cluster.is_remote else plain_processes(workers)
             time_paired_with_serial(lambda: explainer.explain(instances), ceiling,
-                                    worker_pids=None if cluster.is_remote else ())
+                                    account_cpu=not cluster.is_remote)
 
     best = benchmark.stats.stats.min
     speedup = info["serial_seconds"] / best
