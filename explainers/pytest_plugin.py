@@ -158,6 +158,11 @@ OPTIONS: tuple[_Opt, ...] = (
          "fail a distributed benchmark whose paired efficiency (median over rounds of serial round / "
          "round, / workers) is below this fraction, e.g. 0.6: a CI gate that the machine's speed does "
          "not move (default: no gate)", metavar="FRACTION"),
+    _Opt("--max-overhead-share", "kernelshap_max_overhead_share",
+         "fail a distributed benchmark on a local cluster whose overhead_cpu_share (the driver's and "
+         "Ray's own processes' share of the CPU its calls used, median over rounds) is above this "
+         "fraction, e.g. 0.25: a CI gate in CPU-seconds, which the machine's speed does not move "
+         "(default: no gate)", metavar="FRACTION"),
     _Opt("--report-dir", "kernelshap_report_dir",
          "write the scaling report (figures + Markdown table) here at the end of a benchmark session",
          metavar="DIR"),
@@ -274,6 +279,7 @@ class PluginOptions:
     nsamples: int | str = "auto"
     nruns: int = DEFAULT_NRUNS
     min_efficiency: float | None = None
+    max_overhead_share: float | None = None
     report_dir: Path | None = None
     k8s: K8sOptions = field(default_factory=K8sOptions)
     k8s_scale: bool = False
@@ -312,6 +318,7 @@ class PluginOptions:
         n_raw, runs_raw = _raw(config, "--n-instances"), _raw(config, "--nruns")
         report = _raw(config, "--report-dir")
         floor_raw = _raw(config, "--min-efficiency")
+        overhead_raw = _raw(config, "--max-overhead-share")
         k8s_defaults = K8sOptions()
         return cls(
             ray_address=address,
@@ -326,6 +333,8 @@ class PluginOptions:
             nsamples=nsamples,
             nruns=_int("--nruns", runs_raw) if runs_raw is not None else DEFAULT_NRUNS,
             min_efficiency=_fraction("--min-efficiency", floor_raw) if floor_raw is not None else None,
+            max_overhead_share=(_fraction("--max-overhead-share", overhead_raw)
+                                if overhead_raw is not None else None),
             report_dir=Path(str(report)).expanduser() if report else None,
             k8s=K8sOptions(
                 namespace=str(_raw(config, "--k8s-namespace") or k8s_defaults.namespace),
@@ -466,7 +475,8 @@ class KernelShapRaySession:
             f"backends={','.join(opts.backends)} serve_modes={','.join(opts.serve_modes)} "
             f"batch_sizes={','.join(map(str, opts.batch_sizes))} "
             f"workers={','.join(map(str, opts.workers)) if opts.workers else 'auto (1, 2, 4, ... CPUs)'}"
-            + (f" min_efficiency={opts.min_efficiency:g}" if opts.min_efficiency is not None else ""),
+            + (f" min_efficiency={opts.min_efficiency:g}" if opts.min_efficiency is not None else "")
+            + (f" max_overhead_share={opts.max_overhead_share:g}" if opts.max_overhead_share is not None else ""),
         ]
 
     def machine_info(self) -> dict[str, Any]:
@@ -530,23 +540,32 @@ class KernelShapRaySession:
         }
 
 
-    def check_efficiency(self, config: ScalingConfig, extra_info: dict[str, Any]) -> None:
-        """Fail the benchmark (``pytest.fail``) if its paired efficiency is below ``--min-efficiency``.
+    def check_gates(self, config: ScalingConfig, extra_info: dict[str, Any]) -> None:
+        """Fail the benchmark (``pytest.fail``) if it misses ``--min-efficiency`` or ``--max-overhead-share``.
 
         Called after ``extra_info`` is recorded, so the saved run keeps the figures that failed.
-        Without the option, for the serial baseline, or without serial rounds to pair with, it
-        does nothing.
+        A gate is left out without its option, for the serial baseline, and without its figure
+        (``paired_efficiency`` needs serial rounds to pair with; ``overhead_cpu_share`` a local
+        cluster, whose processes this machine can account).
         """
-        floor = self.options.min_efficiency
-        efficiency = extra_info.get("paired_efficiency")
-        if floor is None or not config.distributed or efficiency is None:
+        if not config.distributed:
             return
-        if efficiency < floor:
-            pytest.fail(
-                f"{config.id}: paired efficiency {efficiency:.2f} (median speedup {efficiency * config.workers:.2f}x "
-                f"at {config.workers} worker{'s' if config.workers > 1 else ''}) is below --min-efficiency {floor:g}",
-                pytrace=False,
+        failures = []
+        floor, efficiency = self.options.min_efficiency, extra_info.get("paired_efficiency")
+        if floor is not None and efficiency is not None and efficiency < floor:
+            failures.append(
+                f"paired efficiency {efficiency:.2f} (median speedup {efficiency * config.workers:.2f}x at "
+                f"{config.workers} worker{'s' if config.workers > 1 else ''}) is below --min-efficiency {floor:g}"
             )
+        ceiling, share = self.options.max_overhead_share, extra_info.get("overhead_cpu_share")
+        if ceiling is not None and share is not None and share > ceiling:
+            cpu = extra_info["machine_cpu_seconds"]
+            failures.append(
+                f"overhead CPU share {share:.2f} (per call: driver {cpu['driver']:.2f} CPU-s, Ray's processes "
+                f"{cpu['ray']:.2f} CPU-s, workers {cpu['workers']:.2f} CPU-s) is above --max-overhead-share {ceiling:g}"
+            )
+        if failures:
+            pytest.fail(f"{config.id}: " + "; ".join(failures), pytrace=False)
 
 
 def get_session(config: pytest.Config) -> KernelShapRaySession:

@@ -126,7 +126,7 @@ def test_options(kernelshap_ray):
     o = kernelshap_ray.options
     print("\\nOPTIONS", o.ray_address, o.nodes, o.ray_cpus, list(o.workers or []), list(o.batch_sizes),
           list(o.backends), list(o.serve_modes), o.n_instances, o.nsamples, o.nruns, o.report_dir,
-          o.k8s.namespace, o.k8s.cluster, o.k8s_scale, o.min_efficiency)
+          o.k8s.namespace, o.k8s.cluster, o.k8s_scale, o.min_efficiency, o.max_overhead_share)
 """
 
 
@@ -141,7 +141,7 @@ def test_defaults(pytester):
     result.assert_outcomes(passed=1)
     assert _options_line(result) == (
         "local 1 None [] [1, 5, 10] ['pool', 'serve', 'data'] ['ray', 'default'] 128 auto 3 None "
-        "default kernelshap False None"
+        "default kernelshap False None None"
     )
 
 
@@ -164,6 +164,7 @@ def test_ini_twins_and_command_line_precedence(pytester):
         kernelshap_k8s_cluster = rc
         kernelshap_k8s_scale = true
         kernelshap_min_efficiency = 0.5
+        kernelshap_max_overhead_share = 0.3
         """
     )
     pytester.makepyfile(PRINT_OPTIONS)
@@ -171,14 +172,14 @@ def test_ini_twins_and_command_line_precedence(pytester):
     result.assert_outcomes(passed=1)
     # backends come out in canonical order
     assert _options_line(result) == (
-        "local 2 4 [1, 3] [2, 7] ['pool', 'data'] ['default'] 40 100 2 rep ns rc True 0.5"
+        "local 2 4 [1, 3] [2, 7] ['pool', 'data'] ['default'] 40 100 2 rep ns rc True 0.5 0.3"
     )
     # the command line wins over the ini file; lists can be repeated or comma separated
     result = pytester.runpytest("-s", "--workers", "4", "--workers", "2,1", "--nruns", "5", "--backends", "serve",
-                                "--min-efficiency", "0.75")
+                                "--min-efficiency", "0.75", "--max-overhead-share", "0.2")
     result.assert_outcomes(passed=1)
     assert _options_line(result) == (
-        "local 2 4 [1, 2, 4] [2, 7] ['serve'] ['default'] 40 100 5 rep ns rc True 0.75"
+        "local 2 4 [1, 2, 4] [2, 7] ['serve'] ['default'] 40 100 5 rep ns rc True 0.75 0.2"
     )
 
 
@@ -202,6 +203,8 @@ def test_ini_twins_and_command_line_precedence(pytester):
         (["--min-efficiency", "0"], "--min-efficiency: 0 is not allowed; use a fraction in (0, 1]"),
         (["--min-efficiency", "1.5"], "--min-efficiency: 1.5 is not allowed; use a fraction in (0, 1]"),
         (["--min-efficiency", "high"], "--min-efficiency: 'high' is not a number"),
+        (["--max-overhead-share", "-0.1"], "--max-overhead-share: -0.1 is not allowed; use a fraction in (0, 1]"),
+        (["--max-overhead-share", "10%"], "--max-overhead-share: '10%' is not a number"),
     ],
 )
 def test_bad_values_are_usage_errors(pytester, args, message):
@@ -282,9 +285,9 @@ def test_report_header_without_starting_ray(pytester):
         "kernelshap-ray: ray 2.*, python 3.*, address local (2 nodes, 2 CPUs); connected when a test needs the cluster",
         "kernelshap-ray: n_instances=8 nsamples=auto nruns=3 backends=pool,serve,data *",
     ])
-    assert "min_efficiency" not in result.stdout.str()
-    result = pytester.runpytest("--min-efficiency", "0.6")
-    result.stdout.fnmatch_lines(["kernelshap-ray: n_instances=* workers=* min_efficiency=0.6"])
+    assert "min_efficiency" not in result.stdout.str() and "max_overhead_share" not in result.stdout.str()
+    result = pytester.runpytest("--min-efficiency", "0.6", "--max-overhead-share", "0.25")
+    result.stdout.fnmatch_lines(["kernelshap-ray: n_instances=* workers=* min_efficiency=0.6 max_overhead_share=0.25"])
     assert "kernelshap-ray: ran on" not in result.stdout.str()  # nothing connected
     result = pytester.runpytest("--ray-address", "ray://10.0.0.1:10001")
     result.stdout.fnmatch_lines(["kernelshap-ray: ray *, address ray://10.0.0.1:10001; connected when *"])
@@ -425,17 +428,19 @@ def test_two_nodes_are_both_used_and_unplaceable_configs_are_skipped(pytester, i
     assert saved["machine_info"]["ray_nodes"] == 2 and saved["machine_info"]["ray_cpus"] == 2
 
 
-SLOW_AT_TWO_WORKERS = """
+DRIVER_BUSY_AT_TWO_WORKERS = """
 import time
 import pytest
 
-class Delayed:
+class DriverBusy:
     def __init__(self, inner):
         self.inner = inner
     def start(self):
         self.inner.start()
     def explain(self, X):
-        time.sleep(2.0)
+        end = time.process_time() + 2.0
+        while time.process_time() < end:  # 2 CPU-s of the driver's, while the workers wait
+            pass
         return self.inner.explain(X)
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -444,32 +449,37 @@ class Delayed:
 def explainer_factory(explainer_factory):
     def make(config):
         inner = explainer_factory(config)
-        return Delayed(inner) if config.workers == 2 else inner
+        return DriverBusy(inner) if config.workers == 2 else inner
     return make
 """
 
 
 @pytest.mark.slow
-def test_min_efficiency_gate_fails_the_configuration_below_it(pytester, inner_env):
-    """``--min-efficiency`` on a real local cluster: pool at 1 worker passes; pool at 2 workers,
-    whose calls sleep 2 s before explaining 2 instances (efficiency about 0.01), fails with the
-    figures in the message, and its figures are still saved."""
+def test_gates_fail_the_configuration_that_misses_them(pytester, inner_env):
+    """``--min-efficiency`` and ``--max-overhead-share`` on a real local cluster: pool at 1 worker
+    passes both; pool at 2 workers, whose calls keep the driver busy for 2 CPU-s before
+    explaining 8 instances (efficiency about 0.03, overhead share about 0.95), fails both with
+    the figures in the message, and its figures are still saved."""
     _write_suite(pytester)
-    pytester.makeconftest(SLOW_AT_TWO_WORKERS)
+    pytester.makeconftest(DRIVER_BUSY_AT_TWO_WORKERS)
     out = pytester.path / "out.json"
     result = pytester.runpytest_subprocess(
         "--ray-cpus", "2", "--backends", "pool", "--workers", "1,2", "--batch-sizes", "1",
-        "--n-instances", "2", "--nruns", "1", "--min-efficiency", "0.1", "-k", "not serial",
-        f"--benchmark-json={out}", timeout=300,
+        "--n-instances", "8", "--nruns", "1", "--min-efficiency", "0.1", "--max-overhead-share", "0.8",
+        "-k", "not serial", f"--benchmark-json={out}", timeout=300,
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
-        "*min_efficiency=0.1*",
-        "*pool-w2-b1: paired efficiency 0.0? (median speedup 0.0?x at 2 workers) is below --min-efficiency 0.1*",
+        "*min_efficiency=0.1 max_overhead_share=0.8*",
+        "*pool-w2-b1: paired efficiency 0.0? (median speedup 0.0?x at 2 workers) is below --min-efficiency 0.1; "
+        "overhead CPU share 0.9? (per call: driver 2.* CPU-s, Ray's processes 0.* CPU-s, workers 0.* CPU-s) "
+        "is above --max-overhead-share 0.8*",
     ])
     saved = {b["param"]: b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]}
     assert saved["pool-w1-b1"]["paired_efficiency"] >= 0.1
+    assert saved["pool-w1-b1"]["overhead_cpu_share"] <= 0.8
     assert saved["pool-w2-b1"]["paired_efficiency"] < 0.1
+    assert saved["pool-w2-b1"]["overhead_cpu_share"] > 0.8
 
 
 RECORD_SESSION = """
