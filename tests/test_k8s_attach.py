@@ -427,6 +427,10 @@ def test_port_forward_never_ready_times_out(env, api, monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore:Ray Client connection timed out")
+# gRPC's connectivity-polling thread of the Ray Client channel (target ``_run``) may raise
+# "Cannot monitor channel state: Channel closed!" once the dead forward's channel is closed
+@pytest.mark.filterwarnings(r"ignore:Exception in thread Thread-\d+ \(_run\)"
+                            ":pytest.PytestUnhandledThreadExceptionWarning")
 def test_port_forward_dies_during_session(ray_head, env, api, monkeypatch):
     monkeypatch.setenv("FAKE_KUBECTL_TARGET", f"127.0.0.1:{ray_head}")
     conn = connect_k8s(NS, CLUSTER, str(env), timeout=30)
