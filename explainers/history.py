@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from explainers.report import DEFAULT_RESULTS, ReportError, ReportWarning, _collect_runs, _Run
 
@@ -105,18 +104,17 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
-def _panel(info: Mapping[str, Any]) -> str | None:
-    if info.get("baseline") == "processes":
-        return "processes"
-    backend = info.get("backend")
-    return f"serve-{info.get('serve_mode')}" if backend == "serve" else backend
-
-
 def _ratios(run: _Run) -> RunRatios | None:
-    """The run's backend ratios; None if it has no ``perf/test_backends.py`` results."""
-    rows = [b for b in run.data.get("benchmarks", [])
-            if BACKENDS_SUITE in str(b.get("fullname", "")) and isinstance(b.get("extra_info"), Mapping)]
-    if not rows:
+    """The run's backend ratios; None if it has no ``perf/test_backends.py`` results.
+
+    The backends' rows are the report's :class:`~explainers.report.Record`; the plain
+    processes' rows, which the report leaves out, are read from the run's JSON.
+    """
+    backends = [r for r in run.records if BACKENDS_SUITE in r.fullname and r.panel in PANELS]
+    processes = [b["extra_info"] for b in run.data.get("benchmarks", [])
+                 if BACKENDS_SUITE in str(b.get("fullname", "")) and isinstance(b.get("extra_info"), Mapping)
+                 and b["extra_info"].get("baseline") == "processes"]
+    if not backends and not processes:
         return None
     machine, commit = run.data.get("machine_info") or {}, run.data.get("commit_info") or {}
     cpu = machine.get("cpu") if isinstance(machine.get("cpu"), Mapping) else {}
@@ -124,16 +122,17 @@ def _ratios(run: _Run) -> RunRatios | None:
     out = RunRatios(source=run.source, run=number.group(1) if number else Path(run.source).stem,
                     datetime=run.datetime[:16].replace("T", " "), commit=str(commit.get("id") or "?")[:7],
                     cpu=str(cpu.get("brand_raw") or "?"),
-                    n_instances=int(rows[0]["extra_info"].get("n_instances") or 0))
-    for bench in rows:
-        info = bench["extra_info"]
-        panel, workers = _panel(info), info.get("workers")
-        if panel not in PANELS or not isinstance(workers, int):
+                    n_instances=backends[0].n_instances if backends else int(processes[0].get("n_instances") or 0))
+    for rec in backends:
+        if rec.workers is None:
             continue
-        if isinstance(info.get("speedup"), (int, float)):
-            out.speedup[(panel, workers)] = float(info["speedup"])
-        if isinstance(info.get("vs_processes"), (int, float)):
-            out.vs_processes[(panel, workers)] = float(info["vs_processes"])
+        if rec.speedup is not None:
+            out.speedup[(rec.panel, rec.workers)] = rec.speedup
+        if rec.vs_processes is not None:
+            out.vs_processes[(rec.panel, rec.workers)] = rec.vs_processes
+    for info in processes:
+        if isinstance(info.get("workers"), int) and isinstance(info.get("speedup"), (int, float)):
+            out.speedup[("processes", info["workers"])] = float(info["speedup"])
     mission = [r for r in run.records if MISSION_SUITE in r.fullname]
     if mission:
         out.headline_s = min(r.min for r in mission)
