@@ -21,6 +21,13 @@ from math import comb
 
 import numpy as np
 
+#: rows of random keys drawn at once while sampling coalitions (bounds the sampler's memory)
+DRAW_BLOCK_ROWS = 4096
+#: bytes per (coalition, player) cell that a plan takes at its peak (see :func:`plan_bytes`)
+PLAN_BYTES_PER_CELL = 48
+#: bytes per (coalition, model output) of coalition values, linked and centred copies included
+VALUE_BYTES_PER_OUTPUT = 32
+
 
 @dataclass(frozen=True)
 class CoalitionPlan:
@@ -128,11 +135,16 @@ def sampled_plan(n_players: int, nsamples: int, rng: np.random.Generator) -> Coa
     samples_left = fixed.samples_left
     n_draws = 4 * samples_left
     sizes = rng.choice(len(size_probs), n_draws, p=size_probs) + fixed.num_full_sizes + 1
-    # a uniformly random subset of each size: the players with the `size` smallest keys
-    ranks = np.argsort(np.argsort(rng.random((n_draws, m)), axis=1), axis=1)
-    draws = ranks < sizes[:, None]
+    draws = np.empty((n_draws, m), dtype=bool)
+    # A uniformly random subset of each size: the players with the `size` smallest keys. The
+    # keys are drawn in blocks (the same stream as one draw of all of them) so that their
+    # float64 keys and ranks never take more than a block's memory.
+    for start in range(0, n_draws, DRAW_BLOCK_ROWS):
+        stop = min(start + DRAW_BLOCK_ROWS, n_draws)
+        ranks = np.argsort(np.argsort(rng.random((stop - start, m)), axis=1), axis=1)
+        draws[start:stop] = ranks < sizes[start:stop, None]
 
-    masks, counts = _take_draws(draws, sizes <= num_paired, samples_left)
+    masks, counts = take_draws(draws, sizes <= num_paired, samples_left)
     random_weights = counts * (weight_vector[fixed.num_full_sizes :].sum() / counts.sum())
     return CoalitionPlan(
         np.concatenate([fixed.masks, masks]),
@@ -140,7 +152,17 @@ def sampled_plan(n_players: int, nsamples: int, rng: np.random.Generator) -> Coa
     )
 
 
-def _take_draws(draws: np.ndarray, paired: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+def coalition_codes(masks: np.ndarray) -> np.ndarray:
+    """One hashable, sortable code per coalition, for any number of players.
+
+    ``masks``: ``(n, M)`` bool. Returns ``(n,)`` codes (the packed bits of each row, as a
+    void scalar of ``ceil(M / 8)`` bytes): equal exactly when the coalitions are.
+    """
+    packed = np.ascontiguousarray(np.packbits(masks, axis=1))
+    return packed.view(np.dtype((np.void, packed.shape[1]))).reshape(len(masks))
+
+
+def take_draws(draws: np.ndarray, paired: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
     """shap's sampling loop, vectorised: walk the draws in order until ``budget`` coalitions are taken.
 
     ``draws``: ``(n, M)`` bool; ``paired``: ``(n,)``, whether a draw's complement is taken with it.
@@ -148,9 +170,8 @@ def _take_draws(draws: np.ndarray, paired: np.ndarray, budget: int) -> tuple[np.
     one adds one to its weight and to its complement's. Returns the coalitions ``(S, M)``, each
     followed by its complement, and their counts ``(S,)``.
     """
-    codes = draws @ (1 << np.arange(draws.shape[1], dtype=np.int64))
-    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
-    new = first[inverse] == np.arange(len(codes))
+    _, first, inverse = np.unique(coalition_codes(draws), return_index=True, return_inverse=True)
+    new = first[inverse] == np.arange(len(draws))
     cost = new * (1 + paired)
     spent_before = np.cumsum(cost) - cost
     taken = spent_before < budget  # the draws the loop gets to before the budget runs out
@@ -169,6 +190,14 @@ def _take_draws(draws: np.ndarray, paired: np.ndarray, budget: int) -> tuple[np.
     masks[position[has] + 1] = ~draws[order[has]]
     counts[position[has] + 1] = counts_by_code[inverse[order[has]]]
     return masks, counts
+
+
+def plan_bytes(n_coalitions: int, n_players: int, n_outputs: int = 1) -> int:
+    """An upper bound on the memory, in bytes, that a plan of ``n_coalitions`` takes while an
+    instance is explained with it: its draws and masks, the float64 matrices of
+    :func:`solve_operator` (design, weighted design, solution and operator; measured: 41 bytes
+    per cell), and the coalition values of ``n_outputs`` model outputs."""
+    return n_coalitions * (PLAN_BYTES_PER_CELL * n_players + VALUE_BYTES_PER_OUTPUT * n_outputs)
 
 
 def solve_operator(plan: CoalitionPlan) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ import numpy as np
 from explainers.coalitions import (
     full_plan,
     max_coalitions,
+    plan_bytes,
     sampled_plan,
     solve_operator,
 )
@@ -37,13 +38,16 @@ Predict = Callable[[np.ndarray], Any]
 #: as long with them there. Values do not depend on it.
 DEFAULT_CHUNK_ROWS = 32768
 
+#: the memory one instance's coalition plan may take by default (see ``max_plan_bytes``)
+DEFAULT_MAX_PLAN_BYTES = 2**30
+
 
 def _identity(p: np.ndarray) -> np.ndarray:
     return p
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         return np.log(p / (1.0 - p))
 
 
@@ -73,9 +77,13 @@ class _Workspace:
     @classmethod
     def for_background(cls, background: np.ndarray, chunk_rows: int, max_coalitions: int) -> _Workspace:
         n_bg, n_cols = background.shape
-        per_call = min(max(1, chunk_rows // n_bg), max_coalitions)
+        per_call = max(1, min(chunk_rows // n_bg, max_coalitions))
         tile = np.ascontiguousarray(np.broadcast_to(background.T[:, None, :], (n_cols, per_call, n_bg)))
         return cls(tile, np.empty((n_cols, per_call * n_bg + 1)))
+
+
+def _background_row(row: int) -> str:
+    return f"background row {row}"
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,33 @@ class _Output:
     @property
     def width(self) -> int:
         return 1 if self.k is None else self.k
+
+
+def column_names(data: Any) -> tuple[str, ...] | None:
+    """The column names ``data`` carries (a ``pandas.DataFrame``'s columns), else None."""
+    columns = getattr(data, "columns", None)
+    if columns is None or not hasattr(data, "to_numpy"):
+        return None
+    return tuple(str(c) for c in columns)
+
+
+def _in_column_order(name: str, data: Any, names: tuple[str, ...] | None) -> Any:
+    """``data`` with its named columns put in the order ``names``; data without names as it is.
+
+    A ``ValueError`` names the columns that are missing or unexpected.
+    """
+    own = column_names(data)
+    if names is None or own is None or own == names:
+        return data
+    if len(set(own)) != len(own) or set(own) != set(names):
+        missing = [c for c in names if c not in own]
+        unexpected = [c for c in own if c not in names]
+        duplicated = sorted({c for c in own if own.count(c) > 1})
+        raise ValueError(
+            f"{name}'s columns do not match the background's: missing {missing}, "
+            f"unexpected {unexpected}, duplicated {duplicated}"
+        )
+    return data[list(data.columns[[own.index(c) for c in names]])]
 
 
 def _as_2d_float(name: str, data: Any, n_columns: int | None = None) -> np.ndarray:
@@ -125,6 +160,16 @@ def _check_groups(
     """
     if groups is None:
         groups = [[j] for j in range(n_columns)]
+    if isinstance(groups, dict):
+        raise ValueError(
+            "groups must be a list of lists of column indices, got dict: for named groups pass "
+            "groups=list(d.values()), group_names=list(d)"
+        )
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, (Sequence, np.ndarray)):
+        raise ValueError(f"groups must be a list of lists of column indices, got {type(groups).__name__}")
+    for g, members in enumerate(groups):
+        if isinstance(members, (str, bytes, dict)) or not isinstance(members, (Sequence, np.ndarray)):
+            raise ValueError(f"group {g} must be a list of column indices, got {type(members).__name__}")
     groups = [list(g) for g in groups]
     if not groups:
         raise ValueError("groups is empty: give at least one group of column indices")
@@ -149,6 +194,20 @@ def _check_groups(
     if len(group_names) != len(groups):
         raise ValueError(f"{len(group_names)} group_names for {len(groups)} groups")
     return groups, group_names, column_player
+
+
+def _check_plan_memory(
+    nsamples: int | str, n_coalitions: int, n_players: int, n_outputs: int, max_plan_bytes: int
+) -> None:
+    """Refuse a coalition budget whose plan would take more than ``max_plan_bytes``
+    (checked before the first model call, and again once the number of outputs is known)."""
+    need = plan_bytes(n_coalitions, n_players, n_outputs)
+    if need > max_plan_bytes:
+        raise ValueError(
+            f"nsamples={nsamples} for {n_players} players needs about {need / 2**20:.0f} MB per "
+            f"instance, above max_plan_bytes={max_plan_bytes} ({max_plan_bytes / 2**20:.0f} MB): "
+            "lower nsamples or raise max_plan_bytes"
+        )
 
 
 def _resolve_nsamples(nsamples: int | str, n_players: int) -> int:
@@ -185,6 +244,17 @@ class KernelShap:
         Seeds the sampled coalitions of instance ``i`` through ``(seed, i)``.
     chunk_rows:
         Synthetic rows per model call (memory is bounded by this, not by the instance count).
+    max_plan_bytes:
+        The memory one instance's coalitions and their solve may take (default 1 GiB); a larger
+        ``nsamples`` for the number of players is a ``ValueError``.
+
+    Column names: when ``background`` is a ``pandas.DataFrame``, its column names are kept
+    (``feature_names_``) and an ``X`` that carries names too is taken by name, in the
+    background's order; names missing from ``X``, or not in the background, are a
+    ``ValueError``. An ``X`` without names (an array) is taken by position.
+
+    Model output must be finite real numbers (and in (0, 1) under the logit link): anything
+    else is a ``ValueError`` naming the instance, coalition and background row it came from.
     """
 
     def __init__(
@@ -198,6 +268,7 @@ class KernelShap:
         nsamples: int | str = "auto",
         seed: int = 0,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        max_plan_bytes: int = DEFAULT_MAX_PLAN_BYTES,
     ) -> None:
         if not callable(predict):
             raise ValueError(f"predict must be callable, got {type(predict).__name__}")
@@ -207,7 +278,13 @@ class KernelShap:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+        if isinstance(max_plan_bytes, bool) or not isinstance(max_plan_bytes, (int, np.integer)) or max_plan_bytes < 1:
+            raise ValueError(f"max_plan_bytes must be a positive int, got {max_plan_bytes!r}")
         self.predict = predict
+        self.feature_names_ = column_names(background)
+        if self.feature_names_ is not None and len(set(self.feature_names_)) != len(self.feature_names_):
+            duplicated = sorted({c for c in self.feature_names_ if self.feature_names_.count(c) > 1})
+            raise ValueError(f"background has duplicate column names {duplicated}")
         self.background = _as_2d_float("background", background)
         self.groups, self.group_names, self._column_player = _check_groups(
             groups, group_names, self.background.shape[1]
@@ -215,16 +292,19 @@ class KernelShap:
         self.link = link
         self.seed = int(seed)
         self.chunk_rows = int(chunk_rows)
+        self.max_plan_bytes = int(max_plan_bytes)
         self.nsamples_ = _resolve_nsamples(nsamples, self.n_groups)
         self.nsamples = nsamples
+        _check_plan_memory(nsamples, self.nsamples_, self.n_groups, 1, self.max_plan_bytes)
 
-        base = self._call_model(self.background, expected=None)
+        base = self._call_model(self.background, expected=None, where=_background_row)
         self._output = _Output(None if base.ndim == 1 else base.shape[1])
+        _check_plan_memory(nsamples, self.nsamples_, self.n_groups, self._output.width, self.max_plan_bytes)
         self._fnull = base.reshape(len(self.background), -1).mean(axis=0)
-        self._link_fnull = LINKS[link](self._fnull)
+        self._link_fnull = self._apply_link(self._fnull, "the background's mean output")
         self._runs = self._column_runs()
         # the exact plan and its operator do not depend on the instance: build them once
-        self._full = full_plan(self.n_groups) if self.exact else None
+        self._full = full_plan(self.n_groups) if self.exact and self.n_groups > 1 else None
         self._full_operator = solve_operator(self._full) if self._full is not None else None
 
     # ----------------------------------------------------------------- properties
@@ -252,8 +332,11 @@ class KernelShap:
 
     # ----------------------------------------------------------------- public API
     def check_X(self, X: Any) -> np.ndarray:
-        """``X`` validated as a ``(n, D)`` float64 array; a 1-D ``X`` is one instance."""
-        return _as_2d_float("X", X, self.n_columns)
+        """``X`` validated as a ``(n, D)`` float64 array; a 1-D ``X`` is one instance.
+
+        Named columns (a ``DataFrame``) are put in the background's order first.
+        """
+        return _as_2d_float("X", _in_column_order("X", X, self.feature_names_), self.n_columns)
 
     def explain(
         self, X: Any, *, offset: int = 0, callback: Callable[[int], None] | None = None
@@ -280,9 +363,29 @@ class KernelShap:
         return phi[:, :, 0] if self._output.k is None else phi
 
     # ----------------------------------------------------------------- internals
-    def _call_model(self, rows: np.ndarray, expected: _Output | None) -> np.ndarray:
-        """``predict(rows)`` as float64, checked against the output shape seen first."""
+    def _apply_link(self, mean_output: np.ndarray, what: str | Callable[[int], str]) -> np.ndarray:
+        """``link(mean_output)``; a ``ValueError`` naming ``what`` (or ``what(row)``) unless finite."""
+        linked = LINKS[self.link](mean_output)
+        if not np.isfinite(linked).all():
+            row = int(np.argwhere(~np.isfinite(linked))[0][0])
+            label = what(row) if callable(what) else what
+            value = np.asarray(mean_output).reshape(len(np.atleast_1d(mean_output)), -1)[row]
+            raise ValueError(
+                f"the logit link needs model output in (0, 1): {label} is {value.tolist()}; "
+                "use link='identity' for outputs that are not probabilities"
+            )
+        return linked
+
+    def _call_model(
+        self, rows: np.ndarray, expected: _Output | None, where: Callable[[int], str]
+    ) -> np.ndarray:
+        """``predict(rows)`` as float64, checked finite and against the output shape seen first.
+
+        ``where(r)`` says, for an error, what row ``r`` of ``rows`` stands for.
+        """
         out = np.asarray(self.predict(rows))
+        if np.iscomplexobj(out):
+            raise ValueError(f"predict returned complex output (dtype {out.dtype}): it must be real")
         if out.dtype == object or not np.issubdtype(out.dtype, np.number):
             raise ValueError(f"predict returned non-numeric output of dtype {out.dtype}")
         if out.ndim not in (1, 2) or out.shape[0] != rows.shape[0]:
@@ -295,7 +398,14 @@ class KernelShap:
             if k != expected.k:
                 want = "(rows,)" if expected.k is None else f"(rows, {expected.k})"
                 raise ValueError(f"predict changed its output shape: {out.shape} now, {want} before")
-        return out.astype(np.float64, copy=False)
+        out = out.astype(np.float64, copy=False)
+        finite = np.isfinite(out)
+        if not finite.all():
+            row = int(np.argwhere(~finite)[0][0])
+            bad = out.reshape(len(out), -1)[row]
+            kind = "NaN" if np.isnan(bad).any() else "inf"
+            raise ValueError(f"predict returned {kind} for {where(row)}: model output must be finite")
+        return out
 
     def _varying_players(self, x: np.ndarray) -> np.ndarray:
         """Players whose columns differ from some background row (shap's ``varying_groups``)."""
@@ -322,11 +432,11 @@ class KernelShap:
         return runs
 
     def _coalition_values(
-        self, x: np.ndarray, masks: np.ndarray, workspace: _Workspace
+        self, x: np.ndarray, index: int, masks: np.ndarray, workspace: _Workspace
     ) -> tuple[np.ndarray, np.ndarray]:
         """Background-averaged output of every coalition, and ``f(x)``.
 
-        ``masks``: ``(S, M)`` bool. Returns ``(S, K')`` and ``(K',)`` with ``K' = max(K, 1)``,
+        ``x`` is instance ``index`` of the request (for errors); ``masks``: ``(S, M)`` bool. Returns ``(S, K')`` and ``(K',)`` with ``K' = max(K, 1)``,
         both before the link.
 
         The synthetic rows of ``c`` coalitions are built column-major in one reused buffer of
@@ -352,11 +462,16 @@ class KernelShap:
                     # copied and overwritten run by run, while the run's rows are still in cache
                     block[lo:hi] = tile[lo:hi, : len(chunk), :]
                     block[lo:hi, selected, :] = x[lo:hi, None, None]
+            def where(row: int, first: int = start, n_rows: int = n_rows) -> str:
+                if row == n_rows:
+                    return f"instance {index} itself"
+                return f"instance {index} (coalition {first + row // n_bg}, background row {row % n_bg})"
+
             if fx is None:  # f(x) rides along with the first call
-                out = self._call_model(buffer[:, : n_rows + 1].T, self._output).reshape(n_rows + 1, -1)
+                out = self._call_model(buffer[:, : n_rows + 1].T, self._output, where).reshape(n_rows + 1, -1)
                 fx, out = out[-1].copy(), out[:-1]
             else:
-                out = self._call_model(buffer[:, :n_rows].T, self._output).reshape(n_rows, -1)
+                out = self._call_model(buffer[:, :n_rows].T, self._output, where).reshape(n_rows, -1)
             # averaging along a contiguous axis is ~10x faster than across the (rows, K) layout
             by_output = np.ascontiguousarray(out.T).reshape(-1, len(chunk), n_bg)
             values[start : start + len(chunk)] = by_output.mean(axis=2).T
@@ -364,10 +479,11 @@ class KernelShap:
 
     def _explain_one(self, x: np.ndarray, index: int, workspace: _Workspace) -> np.ndarray:
         """Shapley values ``(M, K')`` of one instance, the ``index``-th of the request."""
-        link = LINKS[self.link]
         m = self.n_groups
         if self._full is not None:
             plan, (a, b), players = self._full, self._full_operator, np.arange(m)
+        elif m == 1:
+            plan, players = None, np.arange(1)
         else:
             players = self._varying_players(x)
             rng = np.random.default_rng([self.seed, index])
@@ -378,15 +494,16 @@ class KernelShap:
 
         phi = np.zeros((m, self._output.width))
         if plan is None:
-            fx = self._call_model(x[None, :], self._output).reshape(-1)
-            delta = link(fx) - self._link_fnull
+            fx = self._call_model(x[None, :], self._output, lambda _: f"instance {index} itself").reshape(-1)
+            delta = self._apply_link(fx, f"f(x) of instance {index}") - self._link_fnull
             if len(players) == 1:
                 phi[players[0]] = delta
             return phi
 
         masks = np.zeros((len(plan), m), dtype=bool)
         masks[:, players] = plan.masks
-        values, fx = self._coalition_values(x, masks, workspace)
-        delta = link(fx) - self._link_fnull
-        phi[players] = a @ (link(values) - self._link_fnull) + b[:, None] * delta
+        values, fx = self._coalition_values(x, index, masks, workspace)
+        delta = self._apply_link(fx, f"f(x) of instance {index}") - self._link_fnull
+        linked = self._apply_link(values, lambda s: f"the mean output of instance {index}'s coalition {s}")
+        phi[players] = a @ (linked - self._link_fnull) + b[:, None] * delta
         return phi
