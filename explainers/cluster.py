@@ -17,7 +17,31 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ray_client import init_ray_client
+from .ray_client import (
+    ClusterConnectionError,
+    RayAuthEnv,
+    connection_guard,
+    init_ray_client,
+    no_auto_init,
+    probe_ray_client,
+    ray_connected,
+    resolve_client_token,
+    teardown_call,
+)
+
+__all__ = [
+    "ADDRESS_FORMS",
+    "ClusterConnectionError",
+    "ClusterSession",
+    "K8sOptions",
+    "address_mode",
+    "connect",
+    "connection_guard",
+    "no_auto_init",
+    "ray_connected",
+    "split_cpus",
+    "teardown_call",
+]
 
 #: the values ``address`` may take, for error messages
 ADDRESS_FORMS = "'local', 'auto', 'ray://HOST:PORT' or 'k8s'"
@@ -26,6 +50,8 @@ _RAY_CLIENT = re.compile(r"^ray://(?P<host>[^:/\s]+|\[[0-9a-fA-F:]+\]):(?P<port>
 
 #: object store per local node unless told otherwise (small: the machine is shared)
 DEFAULT_OBJECT_STORE_BYTES = 300 * 1024**2
+#: seconds a ``ray://`` head has to answer a PING before ``connect`` says nothing answers
+CLIENT_PROBE_TIMEOUT = 5.0
 
 
 def address_mode(address: str | None) -> str:
@@ -89,6 +115,8 @@ class ClusterSession:
     _cluster: Any = None  # ray.cluster_utils.Cluster when we started several local nodes
     _k8s: Any = None  # explainers.k8s connection when mode == "k8s"
     _info: dict[str, Any] | None = None
+    _auth: Any = None  # explainers.ray_client.RayAuthEnv of a ``ray://`` connection
+    _auto_connect: Any = None  # Ray's auto-init setting before this remote session
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -141,6 +169,20 @@ class ClusterSession:
             }
         return dict(self._info)
 
+    def connected(self) -> bool:
+        """Whether Ray calls can reach the cluster now (False once a ``ray://`` head died)."""
+        return not self._closed and ray_connected()
+
+    def guard(self) -> Any:
+        """Context manager: a lost cluster inside it is a :class:`ClusterConnectionError`
+        naming :attr:`address` (a ``ConnectionError``), and no Ray call in it starts a
+        local Ray::
+
+            with session.guard():
+                ray.get(ref)
+        """
+        return connection_guard(self.address)
+
     def node_ids(self) -> list[str]:
         """Hex ids of the alive nodes."""
         import ray
@@ -157,11 +199,20 @@ class ClusterSession:
         errors: list[BaseException] = []
         try:
             import ray
+            from ray._private.client_mode_hook import client_mode_should_convert
 
-            if ray.is_initialized():
-                ray.shutdown()
+            with no_auto_init():  # a dead head must not make Ray start a local one
+                if ray_connected() or client_mode_should_convert():
+                    ray.shutdown()  # a lost Ray Client is only disconnected
         except BaseException as exc:  # noqa: BLE001 - keep tearing down
-            errors.append(exc)
+            if not self.is_remote or ray_connected():
+                errors.append(exc)
+        if self._auth is not None:
+            try:
+                self._auth.release()
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+            self._auth = None
         if self._cluster is not None:
             try:
                 self._cluster.shutdown()
@@ -173,6 +224,9 @@ class ClusterSession:
                 self._k8s.close()
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
+        if self._auto_connect is not None:
+            _restore_auto_connect(self._auto_connect)
+            self._auto_connect = None
         _OPEN.discard(self)
         if errors:
             raise RuntimeError(f"closing the Ray session failed: {errors[0]!r}") from errors[0]
@@ -191,6 +245,23 @@ class ClusterSession:
 
 
 _OPEN: set[ClusterSession] = set()
+
+
+def _disable_auto_connect() -> bool:
+    """Stop Ray from starting a local Ray on ``ray.get``/``ray.kill``... while nothing is
+    connected (a remote session's head died); returns the previous setting."""
+    from ray._private import auto_init_hook
+
+    previous = bool(auto_init_hook.enable_auto_connect)
+    auto_init_hook.enable_auto_connect = False
+    return previous
+
+
+def _restore_auto_connect(previous: bool) -> None:
+    if not any(s.is_remote and s._auto_connect is not None for s in _OPEN if not s._closed):
+        from ray._private import auto_init_hook
+
+        auto_init_hook.enable_auto_connect = previous
 
 
 @atexit.register
@@ -248,10 +319,11 @@ def connect(
         ray.init(address="auto", runtime_env=runtime_env, log_to_driver=False)
         session = ClusterSession(mode="auto", address=_gcs_address() or "auto", started=False)
     elif mode == "client":
-        init_ray_client(str(address).strip(), runtime_env=runtime_env, log_to_driver=False)
-        session = ClusterSession(mode="client", address=str(address).strip(), started=False)
+        session = _connect_client(str(address).strip(), runtime_env)
     else:
         session = _connect_k8s(k8s or K8sOptions(), runtime_env)
+    if session.is_remote:  # a lost head must end in its error, not in a new local Ray
+        session._auto_connect = _disable_auto_connect()
     _OPEN.add(session)
     try:
         session.info()
@@ -259,6 +331,31 @@ def connect(
         session.close()
         raise
     return session
+
+
+def _connect_client(address: str, runtime_env: dict[str, Any] | None) -> ClusterSession:
+    """``ray.init("ray://HOST:PORT")`` after a PING that tells a token-protected head, a
+    wrong token and an address where nothing answers apart (in seconds, each a
+    :class:`ClusterConnectionError` naming the address). The token (``$RAY_AUTH_TOKEN``,
+    ``$RAY_AUTH_TOKEN_PATH``) is put in ``os.environ`` only around ``ray.init``."""
+    match = _RAY_CLIENT.match(address)
+    assert match is not None  # address_mode checked it
+    host, port = match.group("host").strip("[]"), int(match.group("port"))
+    token = resolve_client_token()
+    probe_ray_client(host, port, token, timeout=CLIENT_PROBE_TIMEOUT, what="Ray head",
+                     address=address)
+    auth = RayAuthEnv(token) if token else None
+    try:
+        with auth.connecting() if auth else no_auto_init():
+            init_ray_client(address, runtime_env=runtime_env, log_to_driver=False)
+    except BaseException as exc:
+        if auth is not None:
+            auth.release()
+        if isinstance(exc, ConnectionError) and not isinstance(exc, ClusterConnectionError):
+            raise ClusterConnectionError(f"connecting to the Ray head at {address} failed: "
+                                         f"{exc}", address=address, reason="unreachable") from exc
+        raise
+    return ClusterSession(mode="client", address=address, started=False, _auth=auth)
 
 
 def _gcs_address() -> str | None:

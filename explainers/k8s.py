@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-from .ray_client import init_ray_client
+from .ray_client import RayAuthEnv, child_env, init_ray_client, no_auto_init
+from .ray_client import probe_ray_client as _probe_ray_client
 
 __all__ = [
     "K8sError",
@@ -361,93 +362,21 @@ def resolve_token(api: Optional[KubeApi], namespace: str, auth: AuthRequirement,
             secret=auth.secret_name or "<secret>", ns=namespace, key=auth.secret_key))
 
 
-class _RayAuthEnv:
-    """Point this process's Ray at one token (or none) and restore the environment after.
-
-    Ray reads ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN`` from the environment into its C++
-    config; ``Config.initialize`` and the token loader's cache reset make a change seen.
-    """
-
-    _VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-
-    def __init__(self, token: Optional[str]):
-        self.token = token
-        self.saved: Optional[dict[str, Optional[str]]] = None
-
-    @staticmethod
-    def _refresh() -> None:
-        from ray._raylet import AuthenticationTokenLoader, Config
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-
-    def apply(self) -> None:
-        if self.saved is None:
-            self.saved = {k: os.environ.get(k) for k in self._VARS}
-        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
-        if self.token:
-            os.environ["RAY_AUTH_MODE"] = "token"
-            os.environ["RAY_AUTH_TOKEN"] = self.token
-        else:
-            os.environ["RAY_AUTH_MODE"] = "disabled"
-            os.environ.pop("RAY_AUTH_TOKEN", None)
-        self._refresh()
-
-    def restore(self) -> None:
-        if self.saved is None:
-            return
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        self.saved = None
-        self._refresh()
-
-
 def probe_ray_client(host: str, port: int, token: Optional[str], *, timeout: float,
                      what: str = "Ray Client server") -> None:
     """Wait until the Ray Client server at ``host:port`` answers a PING (gRPC).
 
-    Sends ``authorization: Bearer <token>`` when a token is given. Raises K8sError at once
-    on UNAUTHENTICATED (missing / wrong token) and after ``timeout`` s when it never answers.
-    This replaces Ray Client's own 30 s "connection timeout" with a precise message.
+    :func:`explainers.ray_client.probe_ray_client` with :class:`K8sError` and the token help
+    of a RayCluster (its Secret): raises at once on UNAUTHENTICATED (missing / wrong token)
+    and after ``timeout`` s when it never answers.
     """
-    import grpc
-    from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
+    def error(message: str, **_: Any) -> K8sError:
+        return K8sError(message)
 
-    metadata = [("authorization", f"Bearer {token}")] if token else None
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise K8sError(f"the {what} at {host}:{port} did not answer within {timeout:.0f} s "
-                           f"(last error: {last})")
-        channel = grpc.insecure_channel(f"{host}:{port}")
-        try:
-            stub = ray_client_pb2_grpc.RayletDriverStub(channel)
-            stub.ClusterInfo(ray_client_pb2.ClusterInfoRequest(
-                type=ray_client_pb2.ClusterInfoType.PING),
-                timeout=max(0.5, min(5.0, left)), metadata=metadata)
-            return
-        except grpc.RpcError as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.UNAUTHENTICATED:
-                if token:
-                    raise K8sError(
-                        f"the {what} at {host}:{port} rejected the Ray auth token "
-                        f"({exc.details()}): the token does not match the cluster's; check "
-                        "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH against the RayCluster's "
-                        "token Secret") from None
-                raise K8sError(
-                    f"the {what} at {host}:{port} requires Ray token authentication "
-                    f"({exc.details()}) and no token is configured: set RAY_AUTH_TOKEN (or "
-                    "RAY_AUTH_TOKEN_PATH) to the value of the Secret the RayCluster reads "
-                    f"RAY_AUTH_TOKEN from (key {TOKEN_SECRET_KEY!r})") from None
-            last = f"{code.name}: {exc.details()}"
-            time.sleep(min(0.3, max(0.0, deadline - time.monotonic())))
-        finally:
-            channel.close()
+    _probe_ray_client(host, port, token, timeout=timeout, what=what, error=error,
+                      token_help="set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the value of "
+                                 "the Secret the RayCluster reads RAY_AUTH_TOKEN from (key "
+                                 f"{TOKEN_SECRET_KEY!r})")
 
 
 # --------------------------------------------------------------------------- versions
@@ -548,6 +477,60 @@ def _close_all_forwards() -> None:  # pragma: no cover - runs at interpreter exi
         pf.close()
 
 
+#: a process that kills ``argv[1]`` (kubectl) when its stdin reaches EOF without "done":
+#: the parent died (its end of the pipe closed with it) before closing the port-forward
+_WATCHDOG = r"""
+import os, signal, sys, time
+pid = int(sys.argv[1])
+try:
+    data = sys.stdin.buffer.read()
+except BaseException:
+    data = b""
+if data.startswith(b"done"):
+    sys.exit(0)
+sig = getattr(signal, "SIGTERM", None)
+for attempt in range(2):
+    try:
+        os.kill(pid, sig if attempt == 0 else getattr(signal, "SIGKILL", sig))
+    except OSError:
+        sys.exit(0)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            sys.exit(0)
+        time.sleep(0.1)
+"""
+
+
+def _die_with_parent_preexec() -> Optional[Callable[[], None]]:
+    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``), or None where that is not available.
+
+    The death signal follows the *thread* that forks, so it is used only from the main
+    thread; elsewhere :class:`PortForward` runs a watchdog process instead.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec: no allocation, no locks
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on ``host`` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -561,7 +544,10 @@ class PortForward:
     ``start()`` launches kubectl on a free local port, reads its stdout until the
     "Forwarding from 127.0.0.1:LOCAL -> REMOTE" line (within ``timeout``), then waits until
     the local port accepts a TCP connection. ``close()`` terminates kubectl (SIGTERM, then
-    SIGKILL after ``grace`` s) and reaps it; it also runs at interpreter exit.
+    SIGKILL after ``grace`` s) and reaps it; it also runs at interpreter exit. kubectl dies
+    with this process even when it is SIGKILLed (Linux: ``PR_SET_PDEATHSIG``; elsewhere, or
+    when started from another thread, a watchdog process), and it is started without the
+    Ray auth variables in its environment.
     """
 
     def __init__(self, service: str, remote_port: int, namespace: str, *,
@@ -582,6 +568,8 @@ class PortForward:
         self._lines: "collections.deque[str]" = collections.deque(maxlen=50)
         self._ready = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._watchdog: Optional[subprocess.Popen] = None
+        self._watchdog_pipe: Optional[int] = None
 
     # -- state
     @property
@@ -631,9 +619,14 @@ class PortForward:
             self.local_port = free_port()
         cmd = self.command()
         cmd[0] = exe
+        # kubectl gets no Ray auth token and dies with this process (even a SIGKILLed one)
+        preexec = _die_with_parent_preexec()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+                                     stderr=subprocess.PIPE, text=True, bufsize=1,
+                                     env=child_env(), preexec_fn=preexec)
         _LIVE_FORWARDS.add(self)
+        if preexec is None:
+            self._start_watchdog()
         self._threads = [
             threading.Thread(target=self._read_stdout, daemon=True, name="pf-stdout"),
             threading.Thread(target=self._read_stderr, daemon=True, name="pf-stderr"),
@@ -646,6 +639,39 @@ class PortForward:
             self.close()
             raise
         return self
+
+    def _start_watchdog(self) -> None:
+        """A process that kills kubectl once this one is gone (EOF on a pipe only we hold)."""
+        assert self.proc is not None
+        read_end, write_end = os.pipe()  # not inheritable: no other child keeps it open
+        try:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-c", _WATCHDOG, str(self.proc.pid)], stdin=read_end,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(),
+                start_new_session=True)
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self._watchdog_pipe = write_end
+
+    def _stop_watchdog(self) -> None:
+        """Tell the watchdog kubectl was closed here (so it kills nothing) and reap it."""
+        fd, self._watchdog_pipe = self._watchdog_pipe, None
+        if fd is not None:
+            try:
+                os.write(fd, b"done")
+            except OSError:  # pragma: no cover - the watchdog already exited
+                pass
+            os.close(fd)
+        dog, self._watchdog = self._watchdog, None
+        if dog is not None:
+            try:
+                dog.wait(self.grace)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                dog.kill()
+                dog.wait(self.grace)
 
     def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -702,6 +728,7 @@ class PortForward:
                 pass
         else:
             proc.wait()
+        self._stop_watchdog()
         self._join_readers(2.0)
         for stream in (proc.stdout, proc.stderr):
             try:
@@ -870,7 +897,7 @@ class K8sConnection:
         self.group = group
         self.address = f"ray://127.0.0.1:{port_forward.local_port}"
         self.versions: Optional[dict[str, Any]] = None
-        self._auth = _RayAuthEnv(token)
+        self._auth = RayAuthEnv(token)
         self._connected = False
         self._scaled: Optional[dict[str, Optional[int]]] = None
         self._closed = False
@@ -897,14 +924,14 @@ class K8sConnection:
         or shipped with ``runtime_env={"py_modules": [...]}``).
         """
         self.ensure_alive()
-        self._auth.apply()
         port = int(self.port_forward.local_port)
         probe_ray_client("127.0.0.1", port, self.token, timeout=self.timeout,
                          what=f"Ray Client server of {self.namespace}/{self.cluster} "
                               "(via kubectl port-forward)")
         init_kwargs.setdefault("logging_level", "WARNING")
         try:
-            ctx = init_ray_client(self.address, **init_kwargs)
+            with self._auth.connecting():  # the token is in os.environ only for ray.init
+                ctx = init_ray_client(self.address, **init_kwargs)
         except Exception as exc:
             self.ensure_alive()
             err = _rephrase_init_error(exc, self.address)
@@ -1015,13 +1042,14 @@ class K8sConnection:
         if self._connected:
             try:
                 import ray
-                ray.shutdown()
+                with no_auto_init():  # the head may be gone: never start a local Ray
+                    ray.shutdown()
             except Exception as exc:  # pragma: no cover
                 errors.append(exc)
             self._connected = False
         self.port_forward.close()
         try:
-            self._auth.restore()
+            self._auth.release()
         except Exception as exc:  # pragma: no cover
             errors.append(exc)
         self.api.close()
