@@ -46,13 +46,39 @@ The fitted preprocessor and model are cached (pickle) under the cache directory
 (``cache_dir``, else ``$EXPLAINERS_CACHE_DIR``, else
 ``platformdirs.user_cache_dir("distributed-kernelshap")/models``), keyed by the SHA-256 of
 ``adult.data``, the scikit-learn version and :data:`RECIPE_VERSION`; written atomically.
-An unreadable or inconsistent entry is ignored and rebuilt.
+
+The cache is signed, because unpickling runs code and the entry's name is predictable (a
+cache directory shared with other users would let them plant one). Beside each entry
+``NAME.pkl`` lies ``NAME.pkl.manifest`` (JSON) holding an HMAC-SHA256, keyed with a
+per-user secret, of the entry's name and bytes. A load reads the entry's bytes once,
+checks the manifest's HMAC against them (``hmac.compare_digest``) and only then unpickles
+those same bytes (no time-of-check/time-of-use gap). An entry that fails (no manifest, a
+wrong HMAC, unreadable, larger than :data:`MAX_CACHE_BYTES`, not a regular file, or
+signed but inconsistent after unpickling) is removed with a :class:`ModelCacheWarning`
+naming the file, and the model is refitted and re-cached with a fresh manifest. Another
+user's entries therefore never load (each user rebuilds their own).
+
+The key (32 random bytes, hex) lives in :func:`resolve_key_file`:
+``$EXPLAINERS_CACHE_KEY_FILE`` if set (meant for tests and unusual setups), else
+``platformdirs.user_config_dir("distributed-kernelshap")/model-cache.key``, never in the
+cache directory. It is created on first use with ``O_CREAT | O_EXCL`` and mode 0600 and
+published atomically. A key file that is unsafe (a symbolic link or not a regular file,
+owned by another user, permissions broader than 0600, or not a key) is refused with
+:class:`ModelCacheKeyError` rather than silently replaced: its secret may be known to
+others, and replacing it would hide that; delete the file (a new key is made, the cache is
+rebuilt) or ``use_cache=False``. If the key cannot be created or read (e.g. a read-only
+home), the cache is skipped with a ``RuntimeWarning`` and the model is fitted.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import hmac
+import json
 import os
 import pickle
+import secrets
+import stat
 import tempfile
 import time
 import warnings
@@ -76,7 +102,12 @@ __all__ = [
     "GROUP_NAMES",
     "GROUP_WIDTHS",
     "CACHE_DIR_ENV",
+    "CACHE_KEY_ENV",
+    "N_EXPLAIN",
     "RECIPE_VERSION",
+    "ModelCacheWarning",
+    "ModelCacheKeyError",
+    "resolve_key_file",
 ]
 
 #: Columns of ``adult.data``, in file order.
@@ -105,8 +136,29 @@ N_COLUMNS = sum(GROUP_WIDTHS)  # 49
 SEED = 0
 #: Environment variable naming the model cache directory.
 CACHE_DIR_ENV = "EXPLAINERS_CACHE_DIR"
+#: Environment variable naming the cache's signing-key file (default: the user config dir).
+CACHE_KEY_ENV = "EXPLAINERS_CACHE_KEY_FILE"
+#: Name of the key file in the user config directory.
+KEY_FILE_NAME = "model-cache.key"
+#: Suffix of the signed manifest beside each cache entry.
+MANIFEST_SUFFIX = ".manifest"
+#: Cache entries (and manifests) larger than this are rejected unread (an entry is ~4 kB).
+MAX_CACHE_BYTES = 16 * 1024**2
 #: Bump when the recipe or the cached payload changes, to invalidate old cache entries.
-RECIPE_VERSION = 1
+#: 2: entries are signed (a manifest beside each); unsigned version-1 entries are not read.
+RECIPE_VERSION = 2
+_KEY_BYTES = 32
+_TMP_KEY_PREFIX = ".tmp-"
+_MANIFEST_FORMAT = 1
+_MAC_CONTEXT = b"distributed-kernelshap model cache\0"
+
+
+class ModelCacheWarning(UserWarning):
+    """A model cache entry failed its integrity check; it was removed and the model refitted."""
+
+
+class ModelCacheKeyError(RuntimeError):
+    """The model cache's signing-key file is unsafe (see the module docstring); nothing was read."""
 
 #: Category maps of the study (alibi ``fetch_adult``); unmapped values keep their name.
 CATEGORY_MAPS: dict[str, dict[str, str]] = {
@@ -247,7 +299,15 @@ def load_workload(
         Directory of the fitted-model cache (else ``$EXPLAINERS_CACHE_DIR``, else the
         user cache). Ignored when ``use_cache`` is False.
     use_cache:
-        Read and write the model cache. False always refits and writes nothing.
+        Read and write the model cache (signed: see the module docstring). False always
+        refits, writes nothing and does not touch the signing key.
+
+    Warns
+    -----
+    ModelCacheWarning
+        A cache entry failed its check; it was removed (not unpickled unless signed) and rebuilt.
+    RuntimeWarning
+        The cache could not be written, or its key could not be created (no caching).
 
     Returns
     -------
@@ -258,6 +318,8 @@ def load_workload(
     ------
     explainers.datasets.DatasetError
         The data files are missing and cannot be downloaded, or fail verification.
+    ModelCacheKeyError
+        ``use_cache`` and the cache's signing-key file is unsafe (see the module docstring).
     ValueError
         ``adult.data`` verified but parsed to something unexpected (should not happen).
     """
@@ -280,13 +342,14 @@ def load_workload(
     X_train_raw, y_train = codes[:N_TRAIN], labels[:N_TRAIN]
     X_explain_raw, y_explain = codes[EXPLAIN_START:], labels[EXPLAIN_START:]
 
-    cache_path = resolve_cache_dir(cache_dir) / cache_file_name(data_sha256) if use_cache else None
-    fitted = _read_cache(cache_path, data_sha256, X_train_raw) if cache_path is not None else None
+    key = _cache_key() if use_cache else None
+    cache_path = resolve_cache_dir(cache_dir) / cache_file_name(data_sha256) if key is not None else None
+    fitted = _read_cache(cache_path, key, data_sha256, X_train_raw) if cache_path is not None else None
     from_cache = fitted is not None
     if fitted is None:
         fitted = _fit(X_train_raw, y_train)
         if cache_path is not None:
-            _write_cache(cache_path, data_sha256, *fitted[:2], X_train_sha256=_array_sha256(fitted[2]))
+            _write_cache(cache_path, key, data_sha256, *fitted[:2], X_train_sha256=_array_sha256(fitted[2]))
     preprocessor, model, X_train = fitted
     X_explain = _dense(preprocessor.transform(X_explain_raw))
 
@@ -428,20 +491,198 @@ def _array_sha256(a: np.ndarray) -> str:
 # --------------------------------------------------------------------------- cache
 
 
-def _read_cache(path: Path, data_sha256: str, X_train_raw: np.ndarray):
+def resolve_key_file() -> Path:
+    """The signing-key file: ``$EXPLAINERS_CACHE_KEY_FILE``, else the user config directory.
+
+    Never inside the cache directory, which may be shared.
+    """
+    env = os.environ.get(CACHE_KEY_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME)) / KEY_FILE_NAME
+
+
+def _cache_key() -> bytes | None:
+    """The key (created on first use); None, with a warning, when it cannot be read or made."""
+    path = resolve_key_file()
+    try:
+        return _load_key(path)
+    except ModelCacheKeyError:
+        raise
+    except OSError as exc:
+        warnings.warn(
+            f"model cache not used: could not read or create its signing key {path}: {exc}",
+            RuntimeWarning, stacklevel=3,
+        )
+        return None
+
+
+def _load_key(path: Path) -> bytes:
+    """Read the key at ``path``, creating it when missing; ``ModelCacheKeyError`` if unsafe."""
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    _create_key(path)  # a concurrent creator may win; then its key is read
+    return _read_key(path)
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _key_problem(st: os.stat_result) -> str | None:
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    if os.name == "posix":
+        uid = os.geteuid()
+        if st.st_uid != uid:
+            return f"it is owned by uid {st.st_uid}, not by you (uid {uid})"
+        if st.st_mode & 0o077:
+            return f"its permissions {stat.S_IMODE(st.st_mode):04o} are broader than 0600"
+    return None
+
+
+def _read_key(path: Path) -> bytes:
+    fix = "delete it (a new key is made and the model cache rebuilt) or load with use_cache=False"
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ModelCacheKeyError(f"refusing the model cache key {path}: it is a symbolic link; {fix}") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        problem = _key_problem(os.fstat(f.fileno()))  # of the file opened, not of the name
+        if problem is not None:
+            raise ModelCacheKeyError(f"refusing the model cache key {path}: {problem}; {fix}")
+        text = f.read(4 * _KEY_BYTES)
+    try:
+        key = bytes.fromhex(text.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) != _KEY_BYTES:
+        raise ModelCacheKeyError(
+            f"refusing the model cache key {path}: it does not hold {2 * _KEY_BYTES} hex digits; {fix}"
+        )
+    return key
+
+
+def _create_key(path: Path) -> None:
+    """Write a new key 0600 (``O_CREAT | O_EXCL``) and publish it atomically; never replaces one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = secrets.token_bytes(_KEY_BYTES).hex().encode("ascii") + b"\n"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    tmp = path.with_name(f"{_TMP_KEY_PREFIX}{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and fails if a key exists: readers never see half a key
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links on this file system: create the key in place
+            try:
+                fd = os.open(path, flags, 0o600)
+            except FileExistsError:
+                return
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def manifest_path(path: Path) -> Path:
+    """The signed manifest beside cache entry ``path``: ``NAME.pkl.manifest``."""
+    return path.with_name(path.name + MANIFEST_SUFFIX)
+
+
+def _mac(key: bytes, name: str, blob: bytes) -> str:
+    """HMAC-SHA256 of the entry's name and bytes (the name binds it to its data and versions)."""
+    message = _MAC_CONTEXT + name.encode("utf-8") + b"\0" + blob
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _manifest_bytes(key: bytes, name: str, blob: bytes) -> bytes:
+    manifest = {"format": _MANIFEST_FORMAT, "file": name, "size": len(blob), "hmac_sha256": _mac(key, name, blob)}
+    return (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of regular file ``path`` (not following a symbolic link), at most MAX_CACHE_BYTES."""
+    fd = os.open(path, _OPEN_FLAGS)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        blob = f.read(MAX_CACHE_BYTES + 1)
+    if len(blob) > MAX_CACHE_BYTES:
+        raise OSError(f"larger than {MAX_CACHE_BYTES} bytes")
+    return blob
+
+
+def _verified_bytes(path: Path, key: bytes) -> tuple[bytes | None, str]:
+    """``(bytes, "")`` of an entry whose manifest checks out, else ``(None, why not)``. Unpickles nothing."""
+    try:
+        blob = _read_bounded(path)
+    except OSError as exc:
+        return None, f"is unreadable ({exc.strerror or exc})"
+    man = manifest_path(path)
+    try:
+        manifest = json.loads(_read_bounded(man).decode("utf-8"))
+    except FileNotFoundError:
+        return None, f"has no manifest {man.name}"
+    except OSError as exc:
+        return None, f"has an unreadable manifest {man.name} ({exc.strerror or exc})"
+    except ValueError:  # bad UTF-8 or JSON
+        return None, f"has a malformed manifest {man.name}"
+    mac = manifest.get("hmac_sha256") if isinstance(manifest, dict) else None
+    if not isinstance(mac, str) or not hmac.compare_digest(mac.encode("utf-8"), _mac(key, path.name, blob).encode()):
+        return None, f"does not match the HMAC in {man.name} (not written by you with this key, or altered)"
+    return blob, ""
+
+
+def _reject(path: Path, reason: str, *, unpickled: bool = False) -> None:
+    """Remove a failed entry and its manifest, with a ModelCacheWarning naming it."""
+    problems = []
+    for p in (path, manifest_path(path)):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            problems.append(f"could not remove {p}: {exc.strerror or exc}")
+    done = "; ".join(problems) if problems else "removed"
+    how = "it was signed with your key but" if unpickled else "it was not unpickled:"
+    warnings.warn(
+        f"model cache entry {path} rejected, {how} it {reason}; {done}; the model is refitted",
+        ModelCacheWarning, stacklevel=4,
+    )
+
+
+def _read_cache(path: Path, key: bytes, data_sha256: str, X_train_raw: np.ndarray):
     """Return ``(preprocessor, model, X_train)`` from a valid entry, else None (it is rebuilt).
 
-    An entry is used only if it unpickles, names this data checksum, recipe and
-    scikit-learn version, and its preprocessor reproduces the training matrix it was fitted
-    on (checked by hash), with a finite model of the right shape.
+    Nothing is unpickled unless the manifest's HMAC matches the bytes read (once). A signed
+    entry is then used only if it names this data checksum, recipe and scikit-learn version,
+    and its preprocessor reproduces the training matrix it was fitted on (checked by hash),
+    with a finite model of the right shape. Any failure removes the entry with a
+    :class:`ModelCacheWarning`; a missing entry is simply a miss.
     """
     import sklearn
 
-    if not path.is_file():
+    if not os.path.lexists(path):
+        return None
+    blob, why = _verified_bytes(path, key)
+    if blob is None:
+        _reject(path, why)
         return None
     try:
-        with open(path, "rb") as f:
-            payload = pickle.load(f)  # noqa: S301 (our own cache directory)
+        payload = pickle.loads(blob)  # noqa: S301 - authenticated above (HMAC with the user's key)
         ok = (
             isinstance(payload, dict)
             and payload.get("recipe_version") == RECIPE_VERSION
@@ -449,21 +690,29 @@ def _read_cache(path: Path, data_sha256: str, X_train_raw: np.ndarray):
             and payload.get("sklearn_version") == sklearn.__version__
         )
         if not ok:
+            _reject(path, "names another recipe, data set or scikit-learn version", unpickled=True)
             return None
         preprocessor, model = payload["preprocessor"], payload["model"]
         X_train = _dense(preprocessor.transform(X_train_raw))
         if _array_sha256(X_train) != payload["X_train_sha256"]:
+            _reject(path, "does not reproduce the training matrix", unpickled=True)
             return None
         coef = np.asarray(model.coef_)
         if coef.shape != (1, N_COLUMNS) or not np.all(np.isfinite(coef)):
+            _reject(path, f"holds a model with coefficients of shape {coef.shape} or not finite", unpickled=True)
             return None
         return preprocessor, model, X_train
-    except Exception:  # noqa: BLE001 - any unreadable/corrupt entry is rebuilt
+    except Exception as exc:  # noqa: BLE001 - any corrupt (signed) entry is rebuilt
+        _reject(path, f"could not be used ({type(exc).__name__}: {exc})", unpickled=True)
         return None
 
 
-def _write_cache(path: Path, data_sha256: str, preprocessor, model, *, X_train_sha256: str) -> None:
-    """Pickle the fitted objects to ``path`` atomically (temp file + ``os.replace``)."""
+def _write_cache(path: Path, key: bytes, data_sha256: str, preprocessor, model, *, X_train_sha256: str) -> None:
+    """Pickle the fitted objects to ``path`` with its signed manifest, each atomically.
+
+    The manifest is written first, so a reader of a fresh cache sees either no entry or a
+    complete, signed one.
+    """
     import sklearn
 
     payload = {
@@ -474,19 +723,26 @@ def _write_cache(path: Path, data_sha256: str, preprocessor, model, *, X_train_s
         "preprocessor": preprocessor,
         "model": model,
     }
-    tmp: Path | None = None
+    blob = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".tmp-" + path.name + ".", dir=path.parent)
-        tmp = Path(name)
+        _write_atomic(manifest_path(path), _manifest_bytes(key, path.name, blob))
+        _write_atomic(path, blob)
+    except OSError as exc:
+        warnings.warn(f"could not write the model cache {path}: {exc}", RuntimeWarning, stacklevel=3)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file (mode 0600) and ``os.replace``."""
+    fd, name = tempfile.mkstemp(prefix=".tmp-" + path.name + ".", dir=path.parent)
+    tmp: Path | None = Path(name)
+    try:
         with os.fdopen(fd, "wb") as f:
-            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-    except OSError as exc:
-        warnings.warn(f"could not write the model cache {path}: {exc}", RuntimeWarning, stacklevel=3)
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

@@ -316,6 +316,15 @@ class PluginOptions:
             if nsamples < 2:
                 raise pytest.UsageError(f"--nsamples: {nsamples} is not allowed; use 'auto' or an integer >= 2")
         n_raw, runs_raw = _raw(config, "--n-instances"), _raw(config, "--nruns")
+        n_instances = _int("--n-instances", n_raw) if n_raw is not None else DEFAULT_N_INSTANCES
+        if n_raw is not None:  # checked here, once, not by every test's fixture
+            from explainers.adult import N_EXPLAIN  # fixed by the recipe: no data is loaded
+
+            if n_instances > N_EXPLAIN:
+                raise pytest.UsageError(
+                    f"--n-instances: {n_instances} is not allowed; use an integer from 1 to {N_EXPLAIN} "
+                    f"(the Adult workload explains {N_EXPLAIN} instances; {N_EXPLAIN} = the study)"
+                )
         report = _raw(config, "--report-dir")
         floor_raw = _raw(config, "--min-efficiency")
         overhead_raw = _raw(config, "--max-overhead-share")
@@ -329,7 +338,7 @@ class PluginOptions:
             batch_sizes=_int_list("--batch-sizes", _raw(config, "--batch-sizes")) or DEFAULT_BATCH_SIZES,
             backends=_choice_list("--backends", _raw(config, "--backends"), BACKENDS) or BACKENDS,
             serve_modes=_choice_list("--serve-modes", _raw(config, "--serve-modes"), SERVE_MODES) or SERVE_MODES,
-            n_instances=_int("--n-instances", n_raw) if n_raw is not None else DEFAULT_N_INSTANCES,
+            n_instances=n_instances,
             nsamples=nsamples,
             nruns=_int("--nruns", runs_raw) if runs_raw is not None else DEFAULT_NRUNS,
             min_efficiency=_fraction("--min-efficiency", floor_raw) if floor_raw is not None else None,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,14 @@ from explainers.adult import GROUP_NAMES, GROUP_WIDTHS, load_workload
 from explainers.datasets import ADULT_FILES, DatasetChecksumError
 
 RECIPE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "adult_recipe.json"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_cache_key(tmp_path_factory):
+    """The model cache's signing key of this module: a temporary file, not the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(adult.CACHE_KEY_ENV, str(tmp_path_factory.mktemp("key") / "model-cache.key"))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +216,8 @@ def test_second_load_uses_the_cache_and_is_identical(adult_workload, adult_data_
     entry = first.cache_path
     assert entry.parent == tmp_path and entry.is_file()
     assert first.data_sha256[:16] in entry.name and sklearn.__version__ in entry.name
-    assert [p.name for p in tmp_path.iterdir()] == [entry.name]  # no temporary file left
+    manifest = adult.manifest_path(entry)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [entry.name, manifest.name]  # no temporary file left
     stamp = entry.stat().st_mtime_ns
     second = load_workload(adult_data_dir, cache_dir=tmp_path)
     assert second.from_cache and second.cache_path == entry
@@ -227,28 +237,41 @@ def cache_entry(adult_data_dir, tmp_path_factory) -> tuple[str, bytes]:
     return w.cache_path.name, w.cache_path.read_bytes()
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong payload", "other preprocessor"])
-def test_corrupt_cache_entry_is_ignored_and_rebuilt(adult_workload, adult_data_dir, cache_entry, tmp_path, damage):
+def _write_signed(entry: Path, blob: bytes) -> None:
+    """Write an entry with a manifest signed by this module's key (as load_workload would)."""
+    entry.write_bytes(blob)
+    key = adult._load_key(adult.resolve_key_file())
+    adult.manifest_path(entry).write_bytes(adult._manifest_bytes(key, entry.name, blob))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong payload", "other preprocessor",
+                                    "signed garbage", "signed wrong payload", "signed other preprocessor"])
+def test_corrupt_cache_entry_is_removed_and_rebuilt(adult_workload, adult_data_dir, cache_entry, tmp_path, damage):
     name, blob = cache_entry
     entry = tmp_path / name
-    entry.write_bytes(blob)
+    _write_signed(entry, blob)
     assert load_workload(adult_data_dir, cache_dir=tmp_path).from_cache  # the intact entry is used
-    if damage == "garbage":
-        entry.write_bytes(b"\x00 not a pickle")
+    if damage.endswith("garbage"):
+        bad = b"\x00 not a pickle"
     elif damage == "truncated":
-        entry.write_bytes(blob[: len(blob) // 2])
-    elif damage == "wrong payload":
-        entry.write_bytes(pickle.dumps({"model": None}))
+        bad = blob[: len(blob) // 2]
+    elif damage.endswith("wrong payload"):
+        bad = pickle.dumps({"model": None})
     else:  # a valid pickle whose preprocessor does not reproduce the training matrix
         payload = pickle.loads(blob)
         payload["preprocessor"].named_transformers_["num"].mean_ += 1.0
-        entry.write_bytes(pickle.dumps(payload))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        bad = pickle.dumps(payload)
+    if damage.startswith("signed"):  # signed with the user's key, but not a usable entry
+        _write_signed(entry, bad)
+    else:  # the manifest no longer matches: rejected before unpickling
+        entry.write_bytes(bad)
+    with pytest.warns(adult.ModelCacheWarning, match=f"model cache entry {re.escape(str(entry))} rejected"):
         rebuilt = load_workload(adult_data_dir, cache_dir=tmp_path)
     assert not rebuilt.from_cache
     _assert_same_workload(rebuilt, adult_workload)
-    assert load_workload(adult_data_dir, cache_dir=tmp_path).from_cache  # the entry was rewritten
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_workload(adult_data_dir, cache_dir=tmp_path).from_cache  # the entry was rewritten, signed
 
 
 def test_cache_dir_from_the_environment(adult_workload, adult_data_dir, tmp_path, monkeypatch):

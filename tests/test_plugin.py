@@ -200,6 +200,7 @@ def test_ini_twins_and_command_line_precedence(pytester):
         (["--nsamples", "many"], "--nsamples: 'many' is not allowed"),
         (["--nruns", "0"], "--nruns: 0 is not allowed"),
         (["--n-instances", "1.5"], "--n-instances: '1.5' is not an integer"),
+        (["--n-instances", "99999"], "--n-instances: 99999 is not allowed; use an integer from 1 to 2560"),
         (["--min-efficiency", "0"], "--min-efficiency: 0 is not allowed; use a fraction in (0, 1]"),
         (["--min-efficiency", "1.5"], "--min-efficiency: 1.5 is not allowed; use a fraction in (0, 1]"),
         (["--min-efficiency", "high"], "--min-efficiency: 'high' is not a number"),
