@@ -7,6 +7,7 @@ Every backend splits the request into pieces that the engine explains with
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import sys
 import time
@@ -17,10 +18,13 @@ import numpy as np
 import ray
 
 from explainers.backends._common import (
+    DEFAULT_PLACEMENT_TIMEOUT_S,
     Assembler,
     BackendConfig,
     ExplanationError,
+    PlacementError,
     WorkerLostError,
+    WorkerStartError,
 )
 from explainers.engine import KernelShap
 
@@ -28,6 +32,8 @@ __all__ = [
     "DistributedKernelShap",
     "ExplanationError",
     "WorkerLostError",
+    "PlacementError",
+    "WorkerStartError",
     "BACKENDS",
     "SERVE_MODES",
     "explain_in_cluster",
@@ -58,6 +64,15 @@ class DistributedKernelShap:
         ``"default"`` (the client sends minibatches); only used by ``backend="serve"``.
     num_cpus_per_worker: CPUs reserved per worker; BLAS threads are limited to it.
     progress: tqdm bar on explanations done; ``None`` = only when stderr is a TTY.
+    placement_timeout_s: seconds (a finite number > 0, default 30) the workers may wait for
+        the cluster to place them, i.e. for free CPUs, at ``start()`` or when ``explain``
+        makes its workers (and for a crashed worker's replacement during a call). Past it,
+        :class:`PlacementError` (a ``TimeoutError``) says how many workers x CPUs were asked,
+        what is available and what holds it, and nothing of the attempt is left running.
+        Workers that are placed but still starting get a further, longer bound; a worker
+        whose start fails (e.g. the model does not unpickle there) is a
+        :class:`WorkerStartError` with its exception at once. A call on running workers may
+        take as long as the explanations take.
 
     ``explain(X)`` returns ``(n, M)`` (or ``(n, M, K)`` for K outputs), exactly what
     ``KernelShap(...).explain(X)`` returns. Each call creates its workers and removes
@@ -88,6 +103,7 @@ class DistributedKernelShap:
         serve_mode: str = "ray",
         num_cpus_per_worker: float = 1.0,
         progress: bool | None = None,
+        placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
@@ -102,6 +118,10 @@ class DistributedKernelShap:
             raise ValueError(f"num_cpus_per_worker must be a number > 0, got {num_cpus_per_worker!r}")
         if progress is not None and not isinstance(progress, bool):
             raise ValueError(f"progress must be True, False or None, got {progress!r}")
+        if isinstance(placement_timeout_s, bool) or not isinstance(placement_timeout_s, (int, float, np.number)) \
+                or not math.isfinite(placement_timeout_s) or not placement_timeout_s > 0:
+            raise ValueError(f"placement_timeout_s must be a finite number > 0 (seconds), got {placement_timeout_s!r}")
+        self.placement_timeout_s = float(placement_timeout_s)
         self.backend = backend
         self.serve_mode = serve_mode
         self.num_cpus_per_worker = float(num_cpus_per_worker)
@@ -215,6 +235,7 @@ class DistributedKernelShap:
             serve_mode=self.serve_mode,
             tag=uuid.uuid4().hex[:10],
             value_bytes_per_row=8 * self.engine.n_groups * int(np.size(self.engine.expected_value)),
+            placement_timeout_s=self.placement_timeout_s,
         )
         return _backend_module(self.backend).Workers(self._engine_ref, config)
 
@@ -234,7 +255,8 @@ class DistributedKernelShap:
             return False
 
     def _check_resources(self, n_workers: int) -> None:
-        """Refuse a request the cluster can never schedule (it would wait forever)."""
+        """Refuse at once a request larger than the whole cluster (one that is larger than what is
+        free now is the backends' :class:`PlacementError` after ``placement_timeout_s``)."""
         total = float(ray.cluster_resources().get("CPU", 0.0))
         need = n_workers * self.num_cpus_per_worker
         if need > total + 1e-9:
@@ -247,7 +269,9 @@ class DistributedKernelShap:
         """SHAP values of ``X`` (n, D): ``(n, M)``, or ``(n, M, K)`` for K outputs.
 
         ``callback(k)`` is called on the driver each time ``k`` more instances are done.
-        Raises :class:`ExplanationError` (naming the failing rows) if the model raises.
+        Raises :class:`ExplanationError` (naming the failing rows) if the model raises,
+        :class:`PlacementError` if the workers it makes cannot be placed within
+        ``placement_timeout_s``, :class:`WorkerStartError` if they fail to start.
         """
         X = self.engine.check_X(X)
         if len(X) == 0:
@@ -261,6 +285,8 @@ class DistributedKernelShap:
             self._check_resources(n_workers)
             workers, temporary = self._make_workers(n_workers), True
         try:
+            if temporary:
+                workers.wait_ready()  # bounded by placement_timeout_s, as in start()
             values = self._explain_on(workers, X, callback)
         finally:
             if temporary:

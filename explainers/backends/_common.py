@@ -5,10 +5,20 @@ unpickled on workers cheaply.
 """
 from __future__ import annotations
 
+import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+#: default of ``DistributedKernelShap(placement_timeout_s=...)``: how long the workers may wait
+#: for the cluster to place them (free CPUs) before the start is a :class:`PlacementError`
+DEFAULT_PLACEMENT_TIMEOUT_S = 30.0
+#: once placed, how long the workers' constructors (model unpickled, libraries imported) may take
+READY_TIMEOUT_S = 300.0
+#: bound on asking Ray what holds the resources, for a :class:`PlacementError`'s message
+HOLDERS_TIMEOUT_S = 5.0
 
 
 class ExplanationError(RuntimeError):
@@ -29,6 +39,148 @@ class ExplanationError(RuntimeError):
 
 class WorkerLostError(RuntimeError):
     """Workers kept dying: some rows could not be explained after all retries."""
+
+
+class PlacementError(TimeoutError):
+    """The workers could not be placed within ``placement_timeout_s``: the cluster has not
+    the free resources they ask for (other actors, tasks or jobs hold them).
+
+    The message says what was asked, what is available and, if Ray can tell, what holds it.
+    Nothing of the attempt is left running.
+    """
+
+
+class WorkerStartError(RuntimeError):
+    """A worker failed while starting: its constructor raised, most often because the model
+    (predict function, background) could not be unpickled there, e.g. its module is importable
+    on the driver but not on the workers. The message carries the worker's exception."""
+
+
+#: a ``Type: message`` line of a traceback (the type optionally dotted)
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Failure|Warning))(?:: (.*))?$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def root_cause(text: str) -> str:
+    """The innermost ``Type: message`` line of an error text (a Ray or Serve error with the
+    worker's traceback inside); Ray's own wrappers (``ray.exceptions.*``) only when nothing
+    else is there; else the text's first line. At most 500 characters."""
+    lines = [line.strip() for line in _ANSI.sub("", str(text)).splitlines()]
+    found = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    user = [line for line in found if not line.startswith("ray.")]
+    pick = (user or found or [line for line in lines if line] or [""])[-1 if (user or found) else 0]
+    return pick if len(pick) <= 500 else pick[:497] + "..."
+
+
+def start_error(what: str, exc: BaseException | str) -> WorkerStartError:
+    """:class:`WorkerStartError` for ``what`` (e.g. ``"pool actor kernelshap-pool-x-0"``)."""
+    cause = root_cause(exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}")
+    return WorkerStartError(
+        f"{what} failed to start: {cause}. The worker unpickles the model (predict function and "
+        "background): every module it needs must be importable on the workers (install it there, "
+        "ship it with runtime_env py_modules, or register it with "
+        "ray.cloudpickle.register_pickle_by_value)"
+    )
+
+
+def actor_error_text(exc: BaseException) -> str:
+    """A Ray actor error in a few lines: its type and the worker's root cause."""
+    return f"{type(exc).__name__}: {root_cause(str(exc))}"
+
+
+def cpus_available() -> float:
+    import ray
+
+    return float(ray.available_resources().get("CPU", 0.0))
+
+
+def could_place(n_workers: int, num_cpus: float) -> bool:
+    """True if ``n_workers`` more workers of ``num_cpus`` CPUs fit in the CPUs free right now."""
+    return cpus_available() + 1e-9 >= n_workers * num_cpus
+
+
+def actor_pid(actor_id_hex: str) -> int:
+    """The process of an actor (0 while it waits to be placed), from the GCS; 0 if unknown."""
+    from ray._private import state
+
+    try:
+        return int(state.actors(actor_id=actor_id_hex).get("Pid", 0) or 0)
+    except Exception:  # noqa: BLE001 - best effort
+        return 0
+
+
+def resource_holders(exclude: Callable[[str, str], bool] = lambda cls, name: False,
+                     timeout: float = HOLDERS_TIMEOUT_S, limit: int = 8) -> list[str]:
+    """Best effort, within ``timeout`` s: the live actors that hold resources, most CPUs first,
+    as ``"ClassName 'name' (pid 12): CPU 4"`` (``exclude(class_name, name)`` drops ours)."""
+    rows: list[tuple[float, str]] = []
+
+    def fetch() -> None:
+        try:
+            found = _holders_from_state_api(timeout)
+        except Exception:  # noqa: BLE001 - the state API needs the dashboard
+            try:
+                found = _holders_from_gcs()
+            except Exception:  # noqa: BLE001
+                return
+        rows.extend(found)
+
+    thread = threading.Thread(target=fetch, name="kernelshap-holders", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    out = []
+    for cls, name, pid, resources in list(rows):
+        resources = {k: v for k, v in (resources or {}).items() if v and not k.startswith(("node:", "memory",
+                                                                                           "object_store"))}
+        if not resources or exclude(cls, name):
+            continue
+        label = f"{cls}" + (f" {name!r}" if name else "") + (f" (pid {pid})" if pid else "")
+        out.append((-float(resources.get("CPU", 0.0)),
+                    f"{label}: " + ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()))))
+    out.sort()
+    more = len(out) - limit
+    return [text for _, text in out[:limit]] + ([f"and {more} more"] if more > 0 else [])
+
+
+def _holders_from_state_api(timeout: float) -> list[tuple[str, str, int, dict]]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, timeout=max(1, int(timeout)),
+                         raise_on_missing_output=False)
+    return [(a.class_name, a.name or "", int(a.pid or 0), dict(a.required_resources or {})) for a in actors]
+
+
+def _holders_from_gcs() -> list[tuple[str, str, int, dict]]:
+    from ray._private import state
+    from ray.core.generated import gcs_pb2
+
+    accessor = state.state._connect_and_get_accessor()
+    rows = []
+    for raw in accessor.get_actor_table(None, "ALIVE"):
+        actor = gcs_pb2.ActorTableData.FromString(raw)
+        rows.append((actor.class_name, actor.name, int(actor.pid), dict(actor.required_resources)))
+    return rows
+
+
+def placement_error(config: "BackendConfig", placed: int, what: str,
+                    exclude: Callable[[str, str], bool] = lambda cls, name: False) -> PlacementError:
+    """The :class:`PlacementError` after ``placement_timeout_s``: ``placed`` of ``config.workers``
+    ``what`` (e.g. ``"pool actors"``) were placed."""
+    import ray
+
+    need = config.workers * config.num_cpus
+    available = {k: round(v, 3) for k, v in sorted(ray.available_resources().items())
+                 if not k.startswith("node:")}
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    holders = resource_holders(exclude)
+    held_by = "; ".join(holders) if holders else "no actor Ray can name (tasks or other jobs may hold them)"
+    return PlacementError(
+        f"{config.workers} workers x {config.num_cpus:g} CPU ({need:g} CPUs) could not be placed within "
+        f"placement_timeout_s={config.placement_timeout_s:g} s: {placed} of {config.workers} {what} placed. "
+        f"The cluster has {cpus_available():g} of {total:g} CPUs available (ray.available_resources(): "
+        f"{available}). Held by: {held_by}. Free CPUs, lower workers or num_cpus_per_worker, "
+        f"or raise placement_timeout_s"
+    )
 
 
 def describe_rows(rows: Sequence[int]) -> str:
@@ -178,3 +330,4 @@ class BackendConfig:
     tag: str  # unique per explain call: names actors / the Serve application
     max_retries: int = 3  # attempts after a worker dies, per minibatch
     value_bytes_per_row: int = 0  # size of one instance's values, (M,) or (M, K) float64
+    placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S  # for the workers to be placed

@@ -39,16 +39,22 @@ from typing import Any, Iterator
 import numpy as np
 import ray
 
+from explainers.backends import _common
 from explainers.backends._common import (
     Assembler,
     BackendConfig,
     ExplanationError,
+    actor_error_text,
+    could_place,
     explain_range,
     limit_blas_threads,
     minibatches,
+    placement_error,
+    start_error,
 )
 
-READY_TIMEOUT_S = 300.0
+#: once placed, how long the map actors may take to start (see ``placement_timeout_s``)
+READY_TIMEOUT_S = _common.READY_TIMEOUT_S
 CLOSE_TIMEOUT_S = 60.0
 #: how often a reader with nothing to do says so while a call is in progress (see
 #: :meth:`MinibatchQueue.take`)
@@ -285,7 +291,8 @@ class Workers:
             # the pipeline stopped (payload: its exception, or None if it ended)
             if restarts >= config.max_retries:
                 raise RuntimeError(f"the Ray Data pipeline stopped {restarts + 1} times; giving up "
-                                   f"({type(payload).__name__}: {payload})") from payload
+                                   f"({actor_error_text(payload) if payload is not None else 'it ended'})"
+                                   ) from payload
             restarts += 1
             self._pipeline = None
             pipeline.close()
@@ -320,6 +327,7 @@ class _Pipeline:
         self.config = config
         self.ready = False  # every reader has registered (see wait_ready)
         self.outputs: queue.Queue = queue.Queue()
+        self._executor: Any = None  # Ray Data's streaming executor, once the thread started it
         self.queue = ray.remote(MinibatchQueue).options(
             name=f"kernelshap-data-queue-{config.tag}-{uuid.uuid4().hex[:6]}", num_cpus=0, max_restarts=0).remote(config.workers)
         try:
@@ -355,7 +363,24 @@ class _Pipeline:
         finally:
             ctx.target_max_block_size, ctx.enable_progress_bars, ctx.execution_no_progress_timeout_s = saved
         _check_fused(ds)
+        self._capture_executor(ds)
         return ds
+
+    def _capture_executor(self, ds: Any) -> None:
+        """Keep the executor the dataset creates, to shut it down in :meth:`close` if the
+        pipeline never started (Ray Data only records it once the first output arrives)."""
+        create = getattr(ds, "_create_executor", None)
+        if create is None:
+            return
+
+        def create_and_keep() -> Any:
+            self._executor = create()
+            return self._executor
+
+        try:
+            ds._create_executor = create_and_keep
+        except Exception:  # noqa: BLE001 - best effort: close then only waits, bounded
+            pass
 
     def _iterate(self) -> None:
         try:
@@ -368,18 +393,25 @@ class _Pipeline:
 
     def wait_ready(self) -> None:
         """Block until every reader has registered (once: later calls return at once)."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        config = self.config
+        place_by = time.monotonic() + config.placement_timeout_s
+        ready_by = place_by + READY_TIMEOUT_S
         while not self.ready:
-            readers = ray.get(self.queue.wait_readers.remote(0.5))
-            if readers >= self.config.workers:
+            readers = ray.get(self.queue.wait_readers.remote(0.2), timeout=60)
+            if readers >= config.workers:
                 self.ready = True
                 return
             if not self.thread.is_alive():
-                kind, payload = self.outputs.get()
-                raise RuntimeError(f"the Ray Data pipeline stopped while starting: {payload!r}") from payload
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{readers} of {self.config.workers} Ray Data actors started "
-                                   f"in {READY_TIMEOUT_S:g} s")
+                kind, payload = self.outputs.get(timeout=10)
+                if payload is None:
+                    raise RuntimeError("the Ray Data pipeline ended while starting")
+                raise start_error("the Ray Data map actors", payload) from None
+            now = time.monotonic()
+            if now > place_by and not could_place(config.workers - readers, config.num_cpus):
+                raise placement_error(config, readers, "Ray Data map actors")
+            if now > ready_by:
+                raise TimeoutError(f"{readers} of {config.workers} Ray Data actors started "
+                                   f"in {config.placement_timeout_s + READY_TIMEOUT_S:g} s")
 
     def send(self, call: int, X_ref: Any, todo: dict[int, int]) -> None:
         """Queue the minibatches ``todo`` (start -> stop) of ``call``, whose rows are ``X_ref``."""
@@ -397,6 +429,13 @@ class _Pipeline:
             ray.get(self.queue.stop.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - the queue is gone: the readers fail and stop
             pass
-        self.thread.join(timeout=CLOSE_TIMEOUT_S)
+        # readers that run end at once; a pipeline whose actors never started (not placed,
+        # or failed) has no reader to stop: its executor is shut down, which removes them
+        self.thread.join(timeout=CLOSE_TIMEOUT_S if self.ready else 2.0)
+        if self.thread.is_alive() and self._executor is not None:
+            try:
+                self._executor.shutdown(force=True)
+            except Exception:  # noqa: BLE001 - never mask the real error
+                pass
         ray.kill(self.queue)
         self.thread.join(timeout=CLOSE_TIMEOUT_S)

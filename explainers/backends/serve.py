@@ -20,16 +20,22 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.schema import LoggingConfig
 
 from explainers.backends._common import (
+    READY_TIMEOUT_S,
     Assembler,
     BackendConfig,
     ExplanationError,
     WorkerLostError,
+    actor_error_text,
+    could_place,
     explain_indexed,
     explain_range,
     find_explanation_error,
     is_worker_death,
     limit_blas_threads,
     minibatches,
+    placement_error,
+    root_cause,
+    start_error,
 )
 from explainers.backends.serve_router import ROUTER_PATH
 
@@ -141,7 +147,62 @@ def _deploy(engine_ref: Any, config: BackendConfig) -> Any:
         request_router_config=RequestRouterConfig(request_router_class=ROUTER_PATH),
     )
     app = dep.bind([engine_ref], config.num_cpus, config.batch_size)
-    return serve.run(app, name=app_name(config.tag), route_prefix=None)
+    # not serve.run: it waits, without a bound, for the application to run
+    return serve._run(app, _blocking=False, name=app_name(config.tag), route_prefix=None)
+
+
+def replica_class_name(name: str) -> str:
+    """The Ray actor class name of the replicas of application ``name``."""
+    return f"ServeReplica:{name}:{DEPLOYMENT_NAME}"
+
+
+def placed_replicas(name: str) -> int:
+    """Replicas of application ``name`` that have a process (are placed), from the GCS."""
+    from ray._private import state
+
+    try:
+        actors = state.actors().values()
+    except Exception:  # noqa: BLE001 - best effort
+        return 0
+    return sum(1 for a in actors if a["ActorClassName"] == replica_class_name(name)
+               and a["State"] in ("PENDING_CREATION", "ALIVE") and a["Pid"])
+
+
+def _status_text(app: Any) -> str:
+    """The application's and its deployments' status messages (Serve puts the replica's
+    traceback there)."""
+    parts = [str(app.message or "")]
+    parts += [str(d.message or "") for d in getattr(app, "deployments", {}).values()]
+    return "\n".join(p for p in parts if p)
+
+
+def wait_running(name: str, config: BackendConfig) -> None:
+    """Block until application ``name`` runs.
+
+    :class:`WorkerStartError` with the replica's exception if it fails to deploy;
+    :class:`PlacementError` if, after ``placement_timeout_s``, replicas still wait for CPUs that
+    are not free; ``TimeoutError`` if placed replicas are not running ``READY_TIMEOUT_S`` later.
+    """
+    place_by = time.monotonic() + config.placement_timeout_s
+    ready_by = place_by + READY_TIMEOUT_S
+    while True:
+        app = serve.status().applications.get(name)
+        status = str(getattr(app, "status", "")) if app is not None else ""
+        if status.endswith("RUNNING"):
+            return
+        if status.endswith("DEPLOY_FAILED"):
+            text = _status_text(app)
+            raise start_error(f"the Serve replicas of {name}", root_cause(text) if text else "DEPLOY_FAILED")
+        if time.monotonic() > place_by:
+            placed = placed_replicas(name)
+            if placed < config.workers and not could_place(config.workers - placed, config.num_cpus):
+                raise placement_error(config, placed, "Serve replicas",
+                                      exclude=lambda cls, actor: cls == replica_class_name(name))
+            if time.monotonic() > ready_by:
+                raise TimeoutError(f"the Serve application {name} is not running after "
+                                   f"{config.placement_timeout_s + READY_TIMEOUT_S:g} s ({status}): "
+                                   f"{root_cause(_status_text(app)) if app is not None else 'no status'}")
+        time.sleep(0.2)
 
 
 class Workers:
@@ -153,6 +214,7 @@ class Workers:
         ensure_serve()
         try:
             self.handle = _deploy(engine_ref, config)
+            wait_running(self.name, config)
             wait_routable(self.handle, config.workers)
         except BaseException:
             self.close()
@@ -230,7 +292,7 @@ def _collect(items: list[Any], send: Any, place: Any, max_retries: int) -> int:
         if attempt == max_retries:
             raise WorkerLostError(
                 f"{len(lost)} requests still lost after {max_retries} re-sends "
-                f"({type(last_death).__name__}: {last_death})"
+                f"({actor_error_text(last_death)})"
             )
         time.sleep(0.5 * (attempt + 1))  # let the controller replace the replica
         pending = {k: send(items[k]) for k in lost}
