@@ -193,13 +193,23 @@ class DistributedKernelShap:
         atexit.register(self.close)
 
     def close(self) -> None:
-        """Stop the workers, release the engine; shut Ray down only if this object started it."""
-        self.stop()
-        self._engine_ref = None
-        if self._started_ray:
-            self._started_ray = False
-            if ray.is_initialized():
-                ray.shutdown()
+        """Stop the workers, release the engine; shut Ray down only if this object started it.
+
+        Never starts a local Ray: over a ``ray://`` connection whose head died, the workers
+        are gone with it and are only forgotten.
+        """
+        from explainers.ray_client import no_auto_init, ray_connected
+
+        with no_auto_init():
+            if ray_connected():
+                self.stop()
+            else:
+                self._workers = None
+            self._engine_ref = None
+            if self._started_ray:
+                self._started_ray = False
+                if ray.is_initialized():
+                    ray.shutdown()
 
     def start(self) -> "DistributedKernelShap":
         """Create the workers now and keep them for every ``explain`` until :meth:`stop`.

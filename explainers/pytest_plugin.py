@@ -16,6 +16,7 @@ option parsing.
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shlex
@@ -27,7 +28,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pytest
 
+from explainers.backends import DEFAULT_PLACEMENT_TIMEOUT_S, PlacementError
 from explainers.cluster import ADDRESS_FORMS, ClusterSession, K8sOptions, address_mode, ray_version
+from explainers.ray_client import connection_guard, teardown_call
 
 GROUP_NAME = "kernelshap-ray"
 GROUP_DESCRIPTION = "distributed-kernelshap: Ray cluster and scaling grid"
@@ -41,6 +44,8 @@ DEFAULT_N_INSTANCES = 128
 DEFAULT_NRUNS = 3
 #: largest difference allowed between a backend's values and the serial reference
 TOLERANCE = 1e-12
+#: seconds the in-cluster driver actor may take to remove its workers
+DRIVER_CLOSE_TIMEOUT_S = 60.0
 #: the benchmark table defaults set for scaling runs (unless given on the command line)
 DEFAULT_GROUP_BY = "group"
 DEFAULT_SORT = "name"
@@ -163,6 +168,10 @@ OPTIONS: tuple[_Opt, ...] = (
          "Ray's own processes' share of the CPU its calls used, median over rounds) is above this "
          "fraction, e.g. 0.25: a CI gate in CPU-seconds, which the machine's speed does not move "
          "(default: no gate)", metavar="FRACTION"),
+    _Opt("--placement-timeout", "kernelshap_placement_timeout",
+         f"seconds a configuration's workers may wait to be placed on the cluster; one that cannot "
+         f"be placed in time is skipped with what holds the CPUs (default {DEFAULT_PLACEMENT_TIMEOUT_S:g})",
+         metavar="SECONDS"),
     _Opt("--report-dir", "kernelshap_report_dir",
          "write the scaling report (figures + Markdown table) here at the end of a benchmark session",
          metavar="DIR"),
@@ -252,6 +261,17 @@ def _choice_list(flag: str, value: Any, allowed: Sequence[str]) -> tuple[str, ..
     return tuple(a for a in allowed if a in tokens)  # canonical order, no duplicates
 
 
+def _seconds(flag: str, text: Any) -> float:
+    """A finite number of seconds > 0, else ``pytest.UsageError``."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise pytest.UsageError(f"{flag}: {text!r} is not a number; use seconds > 0, e.g. 30") from None
+    if not math.isfinite(value) or value <= 0:
+        raise pytest.UsageError(f"{flag}: {value:g} is not allowed; use seconds > 0, e.g. 30")
+    return value
+
+
 def _fraction(flag: str, text: Any) -> float:
     """A number in (0, 1], else ``pytest.UsageError``."""
     try:
@@ -280,6 +300,7 @@ class PluginOptions:
     nruns: int = DEFAULT_NRUNS
     min_efficiency: float | None = None
     max_overhead_share: float | None = None
+    placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S
     report_dir: Path | None = None
     k8s: K8sOptions = field(default_factory=K8sOptions)
     k8s_scale: bool = False
@@ -328,6 +349,7 @@ class PluginOptions:
         report = _raw(config, "--report-dir")
         floor_raw = _raw(config, "--min-efficiency")
         overhead_raw = _raw(config, "--max-overhead-share")
+        placement_raw = _raw(config, "--placement-timeout")
         k8s_defaults = K8sOptions()
         return cls(
             ray_address=address,
@@ -344,6 +366,8 @@ class PluginOptions:
             min_efficiency=_fraction("--min-efficiency", floor_raw) if floor_raw is not None else None,
             max_overhead_share=(_fraction("--max-overhead-share", overhead_raw)
                                 if overhead_raw is not None else None),
+            placement_timeout_s=(_seconds("--placement-timeout", placement_raw)
+                                 if placement_raw is not None else DEFAULT_PLACEMENT_TIMEOUT_S),
             report_dir=Path(str(report)).expanduser() if report else None,
             k8s=K8sOptions(
                 namespace=str(_raw(config, "--k8s-namespace") or k8s_defaults.namespace),
@@ -676,6 +700,7 @@ class ExplainerFactory:
             self.engine_kwargs(), backend=config.backend, workers=config.workers,
             batch_size=config.batch_size, serve_mode=config.serve_mode or "ray",
             num_cpus_per_worker=1.0, progress=False,
+            placement_timeout_s=self.session.options.placement_timeout_s,
         )
 
     def __call__(self, config: ScalingConfig | str = "serial", **overrides: Any) -> Any:
@@ -687,7 +712,7 @@ class ExplainerFactory:
             return SerialExplainer(KernelShap(**self.engine_kwargs()))
         cluster = self.session.connect()
         if cluster.is_remote:
-            return InClusterExplainer(self.kwargs(config))
+            return InClusterExplainer(self.kwargs(config), cluster.address)
         from explainers.distributed import DistributedKernelShap
 
         return DistributedKernelShap(**self.kwargs(config))
@@ -717,8 +742,9 @@ class InClusterExplainer:
     benchmark also times the client round trip).
     """
 
-    def __init__(self, explainer_kwargs: dict[str, Any]) -> None:
+    def __init__(self, explainer_kwargs: dict[str, Any], address: str) -> None:
         self.explainer_kwargs = explainer_kwargs
+        self.address = address
         self.seconds: list[float] = []
         self._driver: Any = None
 
@@ -728,15 +754,17 @@ class InClusterExplainer:
         from explainers.distributed import InClusterDriver
 
         if self._driver is None:
-            self._driver = InClusterDriver.remote(self.explainer_kwargs)
-            ray.get(self._driver.start.remote())
+            with connection_guard(self.address):
+                self._driver = InClusterDriver.remote(self.explainer_kwargs)
+                ray.get(self._driver.start.remote())
         return self
 
     def explain(self, X: np.ndarray) -> np.ndarray:
         import ray
 
         self.start()
-        values, seconds = ray.get(self._driver.explain.remote(np.asarray(X)))
+        with connection_guard(self.address):
+            values, seconds = ray.get(self._driver.explain.remote(np.asarray(X)))
         self.seconds.append(float(seconds))
         return values
 
@@ -746,9 +774,9 @@ class InClusterExplainer:
         driver, self._driver = self._driver, None
         if driver is not None:
             try:
-                ray.get(driver.close.remote())
+                teardown_call(lambda: ray.get(driver.close.remote(), timeout=DRIVER_CLOSE_TIMEOUT_S))
             finally:
-                ray.kill(driver)
+                teardown_call(ray.kill, driver)
 
 
 # --------------------------------------------------------------------------- hooks
@@ -789,6 +817,31 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             bs.group_by = DEFAULT_GROUP_BY
         if not _given(config, "--benchmark-sort"):
             bs.sort = DEFAULT_SORT
+
+
+def placement_failure(exc: BaseException) -> PlacementError | None:
+    """The :class:`PlacementError` behind ``exc``: itself, or the cause a Ray task error carries."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, PlacementError):
+            return exc
+        cause = getattr(exc, "cause", None)
+        exc = cause if isinstance(cause, BaseException) else exc.__cause__
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A configuration the cluster cannot place in time is skipped with the reason, not failed."""
+    report = yield
+    if call.excinfo is not None and report.failed:
+        placement = placement_failure(call.excinfo.value)
+        if placement is not None:
+            path, line, _ = item.location
+            report.outcome = "skipped"
+            report.longrepr = (str(item.path), (line or 0) + 1, f"Skipped: cannot be placed: {placement}")
+    return report
 
 
 def _given(config: pytest.Config, flag: str) -> bool:

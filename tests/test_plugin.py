@@ -206,6 +206,9 @@ def test_ini_twins_and_command_line_precedence(pytester):
         (["--min-efficiency", "high"], "--min-efficiency: 'high' is not a number"),
         (["--max-overhead-share", "-0.1"], "--max-overhead-share: -0.1 is not allowed; use a fraction in (0, 1]"),
         (["--max-overhead-share", "10%"], "--max-overhead-share: '10%' is not a number"),
+        (["--placement-timeout", "0"], "--placement-timeout: 0 is not allowed; use seconds > 0"),
+        (["--placement-timeout", "inf"], "--placement-timeout: inf is not allowed; use seconds > 0"),
+        (["--placement-timeout", "soon"], "--placement-timeout: 'soon' is not a number"),
     ],
 )
 def test_bad_values_are_usage_errors(pytester, args, message):
@@ -578,3 +581,52 @@ def test_remote_address_runs_the_work_inside_the_cluster(pytester, inner_env):
         assert bench["extra_info"]["speedup"] is not None
     finally:
         cluster.shutdown()
+
+
+def test_placement_timeout_reaches_the_explainers(pytester):
+    """``--placement-timeout`` (and its ini twin) is passed to every distributed explainer."""
+    pytester.makeini("[pytest]\nkernelshap_placement_timeout = 7.5\n")
+    pytester.makepyfile(
+        """
+        from types import SimpleNamespace
+        from explainers.pytest_plugin import ExplainerFactory, ScalingConfig
+
+        def test_x(kernelshap_ray):
+            workload = SimpleNamespace(predict_proba=len, background=None, groups=None, group_names=None)
+            kwargs = ExplainerFactory(kernelshap_ray, workload).kwargs(ScalingConfig("pool", workers=1, batch_size=5))
+            print("TIMEOUT", kwargs["placement_timeout_s"])
+        """
+    )
+    result = pytester.runpytest("-s")
+    result.assert_outcomes(passed=1)
+    assert "TIMEOUT 7.5" in result.stdout.str()
+    result = pytester.runpytest("-s", "--placement-timeout", "3")
+    assert "TIMEOUT 3.0" in result.stdout.str()
+
+
+def test_a_configuration_that_cannot_be_placed_is_skipped_with_the_reason(pytester):
+    """A PlacementError, raised directly or carried as the cause of a Ray task error, skips the
+    test with its message; any other error still fails it."""
+    pytester.makepyfile(
+        """
+        from explainers.backends import PlacementError
+
+        class TaskError(RuntimeError):  # what Ray Client raises: the remote error as .cause
+            def __init__(self, cause):
+                super().__init__("task failed")
+                self.cause = cause
+
+        def test_direct():
+            raise PlacementError("2 workers x 1 CPU could not be placed: held by CpuBlocker")
+
+        def test_wrapped():
+            raise TaskError(PlacementError("held by CpuBlocker"))
+
+        def test_other():
+            raise TimeoutError("not a placement")
+        """
+    )
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(skipped=2, failed=1)
+    out = result.stdout.str()
+    assert "cannot be placed: 2 workers x 1 CPU could not be placed: held by CpuBlocker" in out

@@ -5,3 +5,11 @@ Each module exposes ``Workers(engine_ref, config)`` with ``explain(X, assembler)
 ``wait_ready()`` (block until the workers are up) and
 ``close()`` (nothing of it left running afterwards).
 """
+
+from explainers.backends._common import (  # noqa: E402 (no Ray import: safe for the plugin)
+    DEFAULT_PLACEMENT_TIMEOUT_S,
+    PlacementError,
+    WorkerStartError,
+)
+
+__all__ = ["DEFAULT_PLACEMENT_TIMEOUT_S", "PlacementError", "WorkerStartError"]
