@@ -389,10 +389,37 @@ def _py_tuple(version: Any) -> tuple[int, int]:
     return int(version[0]), int(version[1])
 
 
+def _installed_version(module: str) -> Optional[str]:
+    """``module.__version__`` of an importable module in this process, else None."""
+    try:
+        import importlib
+        return str(importlib.import_module(module).__version__)
+    except Exception:
+        return None
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(re.split(r"[.+]", version)[:2])
+
+
 def compare_versions(cluster_ray: str, cluster_python: Any, *,
                      local_ray: Optional[str] = None,
-                     local_python: Optional[Any] = None) -> None:
-    """Raise K8sError unless Ray versions are equal and Python ``major.minor`` are equal."""
+                     local_python: Optional[Any] = None,
+                     cluster_numpy: Optional[str] = None,
+                     cluster_sklearn: Optional[str] = None,
+                     local_numpy: Optional[str] = None,
+                     local_sklearn: Optional[str] = None,
+                     check_model_libs: bool = False) -> None:
+    """Raise K8sError unless Ray versions are equal and Python ``major.minor`` are equal.
+
+    NumPy and scikit-learn, whose objects (the model, the data) are cloudpickled to the
+    cluster, are compared too: NumPy ``major.minor`` must be equal, scikit-learn exactly
+    (its pickles are only supported by the version that wrote them). A library is compared
+    when its ``cluster_*`` version is given, or for both when ``check_model_libs`` is true
+    (then None means "not installed on the cluster"). ``local_*`` default to this
+    process's versions; a library not installed here is not compared (no model of it can
+    be pickled here).
+    """
     if local_ray is None:
         import ray
         local_ray = ray.__version__
@@ -403,14 +430,44 @@ def compare_versions(cluster_ray: str, cluster_python: Any, *,
         problems.append(f"Ray {cluster_ray} on the cluster, {local_ray} here")
     if cluster_py != local_py:
         problems.append("Python {}.{} on the cluster, {}.{} here".format(*cluster_py, *local_py))
+    lib_problems, pins = [], []
+    for label, dist, module, there, here, same in (
+            ("NumPy", "numpy", "numpy", cluster_numpy, local_numpy,
+             lambda a, b: _major_minor(a) == _major_minor(b)),
+            ("scikit-learn", "scikit-learn", "sklearn", cluster_sklearn, local_sklearn,
+             lambda a, b: a == b)):
+        if there is None and not check_model_libs:
+            continue
+        here = here if here is not None else _installed_version(module)
+        if here is None:
+            continue
+        if there is None:
+            lib_problems.append(f"{label} not installed on the cluster, {here} here")
+        elif not same(str(there), str(here)):
+            lib_problems.append(f"{label} {there} on the cluster, {here} here")
+        else:
+            continue
+        pins.append(f"{dist}=={here}")
+    message = []
     if problems:
         tag = "{}-py{}{}".format(local_ray, *local_py)
-        raise K8sError(
+        message.append(
             "Ray/Python version mismatch between this client and the cluster: "
             + "; ".join(problems) + ". Ray Client needs the same Ray version and Python "
             f"major.minor: build the cluster image from rayproject/ray:{tag} (k8s/Dockerfile, "
             f"RAY_VERSION={local_ray}) or install ray=={cluster_ray} on Python "
             "{}.{} here.".format(*cluster_py))
+    if lib_problems:
+        message.append(
+            "NumPy/scikit-learn version mismatch between this client and the cluster: "
+            + "; ".join(lib_problems) + ". The model and data are cloudpickled to the "
+            "cluster, which needs the same NumPy major.minor and the same scikit-learn: "
+            "regenerate k8s/constraints.txt here (python k8s/constraints.py > "
+            "k8s/constraints.txt; it pins " + ", ".join(pins) + ") and rebuild the "
+            "cluster image from k8s/Dockerfile under a new tag, or install the cluster's "
+            "versions here.")
+    if message:
+        raise K8sError(" ".join(message))
 
 
 def _rephrase_init_error(exc: BaseException, address: str) -> Optional[K8sError]:
@@ -438,10 +495,11 @@ def _rephrase_init_error(exc: BaseException, address: str) -> Optional[K8sError]
 
 
 def cluster_versions(timeout: float = 60.0) -> dict[str, Any]:
-    """Run a zero-CPU task on the connected cluster: its Ray, Python and project versions.
+    """Run a zero-CPU task on the connected cluster: its Ray, Python and project versions,
+    and those of NumPy and scikit-learn (the model and data are pickled across).
 
     Returns ``{"ray": str, "python": (major, minor), "explainers": str | None,
-    "node_id": str}``.
+    "numpy": str | None, "sklearn": str | None, "node_id": str}`` (None: not importable).
     """
     import ray
 
@@ -455,8 +513,14 @@ def cluster_versions(timeout: float = 60.0) -> dict[str, Any]:
             project = importlib.import_module("explainers").__version__
         except Exception:  # not installed on the cluster
             project = None
+        libs = {}
+        for key, module in (("numpy", "numpy"), ("sklearn", "sklearn")):
+            try:
+                libs[key] = str(importlib.import_module(module).__version__)
+            except Exception:  # not installed on the cluster
+                libs[key] = None
         return {"ray": _ray.__version__, "python": tuple(_sys.version_info[:2]),
-                "explainers": project,
+                "explainers": project, **libs,
                 "node_id": _ray.get_runtime_context().get_node_id()}
 
     try:
@@ -945,15 +1009,26 @@ class K8sConnection:
 
     def check_versions(self, *, expected_ray: Optional[str] = None,
                        expected_python: Optional[Any] = None,
-                       require_project: bool = False) -> dict[str, Any]:
+                       require_project: bool = False,
+                       expected_numpy: Optional[str] = None,
+                       expected_sklearn: Optional[str] = None,
+                       check_model_libs: bool = True) -> dict[str, Any]:
         """Ask the cluster (a remote task) for its versions and compare with ours.
 
-        ``expected_*`` default to this process's Ray / Python (major, minor).
+        ``expected_*`` default to this process's Ray / Python (major, minor) / NumPy /
+        scikit-learn. NumPy (major.minor) and scikit-learn are compared because the model
+        is cloudpickled to the cluster; ``check_model_libs=False`` skips them.
         """
         self.ensure_alive()
         self.versions = cluster_versions(timeout=self.timeout)
-        compare_versions(self.versions["ray"], self.versions["python"],
-                         local_ray=expected_ray, local_python=expected_python)
+        v = self.versions
+        libs = check_model_libs and ("numpy" in v or "sklearn" in v)  # reported by the task
+        compare_versions(v["ray"], v["python"],
+                         local_ray=expected_ray, local_python=expected_python,
+                         cluster_numpy=v.get("numpy") if libs else None,
+                         cluster_sklearn=v.get("sklearn") if libs else None,
+                         local_numpy=expected_numpy, local_sklearn=expected_sklearn,
+                         check_model_libs=bool(libs))
         if require_project and self.versions.get("explainers") is None:
             raise K8sError(
                 f"the package 'explainers' is not installed on RayCluster {self.namespace}/"

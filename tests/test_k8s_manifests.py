@@ -7,7 +7,9 @@
   (``$KUBERAY_CRD`` or ``../shared/k8s/ray.io_rayclusters.yaml``; skipped when absent),
   plus a walk that rejects fields the schema does not know (the CRD itself allows them).
 * Pod templates and built-in kinds are validated with ``kubernetes-validate`` (strict).
-* Then the suite's own requirements: versions, resources, /dev/shm, token Secret.
+* Then the suite's own requirements: versions, resources, /dev/shm, token Secret (the
+  hardening -- securityContext, NetworkPolicy, pinned image and dependencies -- is checked
+  in tests/test_faults_k8s_hardening.py).
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ try:
 except ImportError:  # pragma: no cover
     RAY_VERSION = None
 PY_TAG = "py{}{}".format(*sys.version_info[:2])
+PROJECT_VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(),
+                            re.M)[1]
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -118,8 +122,14 @@ def containers(rc: dict) -> Iterator[tuple[str, dict]]:
             yield name, c
 
 
+def _key(doc: dict) -> tuple[str, str, str]:
+    return doc["apiVersion"], doc["kind"], doc["metadata"]["name"]
+
+
 def test_kustomizations_render(rendered):
-    assert [d["kind"] for d in rendered] == ["RayCluster"]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == [
+        ("NetworkPolicy", "kernelshap-ray"), ("NetworkPolicy", "kernelshap-ray-head"),
+        ("RayCluster", "kernelshap")]
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH")
@@ -130,7 +140,9 @@ def test_python_rendering_equals_kubectl_kustomize(directory):
     if out.returncode != 0 and "unknown command" in out.stderr:
         pytest.skip("this kubectl has no kustomize")
     assert out.returncode == 0, out.stderr
-    assert [d for d in yaml.safe_load_all(out.stdout) if d] == render(directory)
+    # kustomize orders resources by kind; the Python renderer keeps the file order
+    assert sorted((d for d in yaml.safe_load_all(out.stdout) if d), key=_key) == sorted(
+        render(directory), key=_key)
 
 
 def test_overlay_sets_two_workers():
@@ -229,6 +241,18 @@ def test_pod_templates_are_valid_kubernetes(rendered):
             validate_builtin(doc)
 
 
+def test_network_policy_check_can_fail():
+    [policy, *_] = [d for d in render(K8S) if d["kind"] == "NetworkPolicy"]
+    bad = copy.deepcopy(policy)
+    bad["spec"]["ingress"][0]["form"] = bad["spec"]["ingress"][0].pop("from")  # typo
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_builtin(bad)
+    bad = copy.deepcopy(policy)
+    bad["spec"]["policyTypes"] = "Ingress"  # not a list
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_builtin(bad)
+
+
 def test_pod_template_check_can_fail():
     rc = rayclusters(render(K8S))[0]
     template = copy.deepcopy(rc["spec"]["headGroupSpec"]["template"])
@@ -261,11 +285,13 @@ def test_images_match_installed_ray_and_python(rendered):
     for rc in rayclusters(rendered):
         assert rc["spec"]["rayVersion"] == RAY_VERSION
         for group, c in containers(rc):
-            assert c["image"].rsplit(":", 1)[1] == tag, (group, c["image"])
+            assert c["image"].rsplit(":", 1)[1] == f"{PROJECT_VERSION}-ray{tag}", (
+                group, c["image"])
     text = (K8S / "Dockerfile").read_text()
     args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
     [base] = re.findall(r"^FROM (\S+)", text, re.M)
-    base = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], base)
+    while "${" in base:
+        base = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], base)
     assert base == f"rayproject/ray:{tag}"
 
 
