@@ -45,17 +45,21 @@ def ray_session():
     """
     import ray
 
+    from explainers.ray_client import RayAuthEnv
+
     if ray.is_initialized():
         yield ray
         return
-    ray.init(
-        address="local",  # never attach to another cluster on this machine (`ray start`)
-        num_cpus=4,
-        object_store_memory=400 * 1024**2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    # without token auth, whatever an earlier module's token connection left in Ray's memory
+    with RayAuthEnv(None).connecting():
+        ray.init(
+            address="local",  # never attach to another cluster on this machine (`ray start`)
+            num_cpus=4,
+            object_store_memory=400 * 1024**2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     try:
         yield ray
     finally:

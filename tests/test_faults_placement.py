@@ -21,6 +21,8 @@ import uuid
 import numpy as np
 import pytest
 
+from test_distributed import wait_until  # noqa: E402
+
 ray = pytest.importorskip("ray")
 
 import explainers.distributed as distributed  # noqa: E402
@@ -97,16 +99,6 @@ def our_leftovers() -> list[str]:
         return left
     left += [f"serve app {name}" for name in serve.status().applications if name.startswith("kernelshap")]
     return left
-
-
-def wait_until(predicate, timeout: float = 20.0, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return None
 
 
 @pytest.fixture()

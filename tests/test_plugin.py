@@ -533,6 +533,8 @@ def test_cluster_is_shut_down_after_ctrl_c(pytester, inner_env):
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--ray-cpus", "1"],
         cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # a run started in the background by a shell inherits SIGINT ignored: restore Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     marker = pytester.path / "session_name.txt"
     try:
