@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -26,10 +27,23 @@ from explainers.backends._common import (
     WorkerLostError,
     WorkerStartError,
 )
-from explainers.engine import KernelShap
+from explainers.coalition_cache import DEFAULT_REUSE_CACHE_BYTES
+from explainers.engine import DEFAULT_MAX_PLAN_BYTES, KernelShap
+from explainers.threads import DEFAULT_MODEL_THREADS, cluster_cpu_kernels, cpu_kernel
+
+#: seconds each node has to name its CPU kernel when workers start on a cluster of several
+KERNEL_PROBE_TIMEOUT_S = 30.0
+
+
+
+
+class CpuKernelWarning(UserWarning):
+    """A node computes on another CPU kernel than the one the engine was built on."""
+
 
 __all__ = [
     "DistributedKernelShap",
+    "CpuKernelWarning",
     "ExplanationError",
     "WorkerLostError",
     "PlacementError",
@@ -73,6 +87,15 @@ class DistributedKernelShap:
         whose start fails (e.g. the model does not unpickle there) is a
         :class:`WorkerStartError` with its exception at once. A call on running workers may
         take as long as the explanations take.
+    chunk_rows, row_strategy, model_threads, reuse_coalitions, reuse_cache_bytes, max_plan_bytes:
+        as for :class:`KernelShap`; the engine is built (its chunk size measured) here and sent
+        to the workers as it is. With ``reuse_coalitions`` each worker keeps its own cache for
+        as long as it lives (across the calls between ``start()`` and ``stop()``).
+
+    Values equal the serial engine's bit for bit where the workers run on the same CPU kernel
+    as this process (:func:`explainers.threads.cpu_kernel`). When the workers start, a node of
+    another kernel is a :class:`CpuKernelWarning` naming it (values computed there may differ
+    from this process's in the last bits); ``last_run["cpu_kernels"]`` lists them.
 
     ``explain(X)`` returns ``(n, M)`` (or ``(n, M, K)`` for K outputs), exactly what
     ``KernelShap(...).explain(X)`` returns. Each call creates its workers and removes
@@ -104,6 +127,12 @@ class DistributedKernelShap:
         num_cpus_per_worker: float = 1.0,
         progress: bool | None = None,
         placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S,
+        chunk_rows: int | str = "auto",
+        row_strategy: str = "auto",
+        model_threads: int | None = DEFAULT_MODEL_THREADS,
+        reuse_coalitions: bool = False,
+        reuse_cache_bytes: int = DEFAULT_REUSE_CACHE_BYTES,
+        max_plan_bytes: int = DEFAULT_MAX_PLAN_BYTES,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
@@ -127,14 +156,19 @@ class DistributedKernelShap:
         self.num_cpus_per_worker = float(num_cpus_per_worker)
         self.progress = progress
 
+        # built (and its chunk size measured) here, then sent as it is: every worker computes
+        # with the same chunk size, row strategy and thread count as this process would
         self.engine = KernelShap(
             predict, background, groups=groups, group_names=group_names,
-            link=link, nsamples=nsamples, seed=seed,
+            link=link, nsamples=nsamples, seed=seed, chunk_rows=chunk_rows, row_strategy=row_strategy,
+            model_threads=model_threads, reuse_coalitions=reuse_coalitions,
+            reuse_cache_bytes=reuse_cache_bytes, max_plan_bytes=max_plan_bytes,
         )
         self._check_serialisable()
         self._engine_ref: Any = None
         self._workers: Any = None
         self._started_ray = False
+        self._cpu_kernels: dict[str, str] = {}
         #: facts of the last ``explain`` call: backend, serve_mode, workers (used), batch_size,
         #: n_instances, seconds (on ready workers), total_seconds (with worker start/stop),
         #: resent (Serve: requests re-sent after a replica died)
@@ -227,7 +261,25 @@ class DistributedKernelShap:
                 workers.close()
                 raise
             self._workers = workers
+            self._check_cpu_kernels()
         return self
+
+    def _check_cpu_kernels(self) -> None:
+        """Warn if a node of the cluster computes on another CPU kernel than the engine's."""
+        here = cpu_kernel()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        local = len(nodes) == 1 and nodes[0]["NodeID"] == ray.get_runtime_context().get_node_id()
+        if local and here == self.engine.cpu_kernel_:
+            self._cpu_kernels = {nodes[0]["NodeID"]: here}
+            return
+        self._cpu_kernels = cluster_cpu_kernels(KERNEL_PROBE_TIMEOUT_S)
+        other = {node: k for node, k in self._cpu_kernels.items() if k != self.engine.cpu_kernel_}
+        if other:
+            warnings.warn(CpuKernelWarning(
+                f"the engine was built on CPU kernel {self.engine.cpu_kernel_!r}, but "
+                + "; ".join(f"node {node[:12]} runs {k!r}" for node, k in sorted(other.items()))
+                + ": values computed there may differ from a serial run here in the last bits"
+            ), stacklevel=3)
 
     def stop(self) -> None:
         """Remove the workers made by :meth:`start` (actors, Serve application)."""
@@ -297,6 +349,7 @@ class DistributedKernelShap:
         try:
             if temporary:
                 workers.wait_ready()  # bounded by placement_timeout_s, as in start()
+                self._check_cpu_kernels()
             values = self._explain_on(workers, X, callback)
         finally:
             if temporary:
@@ -326,6 +379,7 @@ class DistributedKernelShap:
             "batch_size": self.batch_size,
             "n_instances": len(X),
             "seconds": time.perf_counter() - t0,
+            "cpu_kernels": dict(self._cpu_kernels),
             **(info or {}),
         }
         return values

@@ -16,27 +16,27 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from explainers.chunking import ROW_STRATEGIES, ChunkChoice, candidates, choose_chunk_rows
+from explainers.coalition_cache import DEFAULT_REUSE_CACHE_BYTES, CoalitionValueCache
 from explainers.coalitions import (
+    CoalitionPlan,
     full_plan,
     max_coalitions,
     plan_bytes,
     sampled_plan,
     solve_operator,
 )
+from explainers.distinct_rows import DEFAULT_DISTINCT_CACHE_BYTES, DistinctRows, RowSet, take
+from explainers.threads import DEFAULT_MODEL_THREADS, check_model_threads, cpu_kernel, limited_threads
 
 Predict = Callable[[np.ndarray], Any]
-
-#: synthetic rows per model call (327 coalitions of 100 background rows; 13 MB of 49 float64
-#: columns). A model call has a fixed cost besides its rows (scikit-learn's checks: about 0.2 ms
-#: on an Intel Xeon here), which 8192 rows paid four times as often: exact values took 1.2-1.3x
-#: as long with them there. Values do not depend on it.
-DEFAULT_CHUNK_ROWS = 32768
 
 #: the memory one instance's coalition plan may take by default (see ``max_plan_bytes``)
 DEFAULT_MAX_PLAN_BYTES = 2**30
@@ -67,19 +67,23 @@ def _trusted_finite_inputs() -> contextlib.AbstractContextManager[Any]:
 
 
 @dataclass(frozen=True)
-class _Workspace:
-    """Reused per :meth:`KernelShap.explain` call: ``tile`` ``(D, c, N)``, the background
-    repeated for ``c`` coalitions, and ``buffer`` ``(D, c * N + 1)`` for synthetic rows."""
+class _Buffers:
+    """Synthetic rows of one model call, column-major, with room for ``x`` as a last row.
 
+    ``rows`` ``(D, max(chunk_rows, N) + 1)`` for distinct rows; for every row of ``c``
+    coalitions, ``tile`` ``(D, c, N)`` (the background repeated) and ``dense`` ``(D, c * N + 1)``.
+    """
+
+    rows: np.ndarray
     tile: np.ndarray
-    buffer: np.ndarray
+    dense: np.ndarray
 
     @classmethod
-    def for_background(cls, background: np.ndarray, chunk_rows: int, max_coalitions: int) -> _Workspace:
-        n_bg, n_cols = background.shape
+    def for_background(cls, background_t: np.ndarray, chunk_rows: int, max_coalitions: int) -> _Buffers:
+        n_cols, n_bg = background_t.shape
         per_call = max(1, min(chunk_rows // n_bg, max_coalitions))
-        tile = np.ascontiguousarray(np.broadcast_to(background.T[:, None, :], (n_cols, per_call, n_bg)))
-        return cls(tile, np.empty((n_cols, per_call * n_bg + 1)))
+        tile = np.ascontiguousarray(np.broadcast_to(background_t[:, None, :], (n_cols, per_call, n_bg)))
+        return cls(np.empty((n_cols, max(chunk_rows, n_bg) + 1)), tile, np.empty((n_cols, per_call * n_bg + 1)))
 
 
 def _background_row(row: int) -> str:
@@ -243,7 +247,31 @@ class KernelShap:
     seed:
         Seeds the sampled coalitions of instance ``i`` through ``(seed, i)``.
     chunk_rows:
-        Synthetic rows per model call (memory is bounded by this, not by the instance count).
+        Synthetic rows per model call (memory is bounded by this, not by the instance count):
+        ``"auto"`` (default) measures, once, which of 4096-65536 rows is fastest on this CPU
+        for this model (under 1 s; see :mod:`explainers.chunking`); ``chunk_rows_`` is the
+        size used and ``chunk_choice_`` how it was chosen. An int is used as given.
+    row_strategy:
+        ``"distinct"``: the model sees each distinct synthetic row of a coalition once, weighted
+        by the background rows it stands for (:mod:`explainers.distinct_rows`); ``"dense"``:
+        every row (cheaper where one model row costs less than gathering one, as for a
+        logistic regression); ``"auto"`` (default): whichever is faster here, measured with
+        ``chunk_rows`` (``row_strategy_`` is the one used).
+    model_threads:
+        BLAS/OpenMP threads of the engine's own model calls and solves (default 1), whatever
+        the calling process has; ``None`` leaves the caller's. With a fixed count the values
+        are the same bits in the caller and in every Ray worker (OpenBLAS changes last bits
+        with the thread count); a model that gains from threads (a large MLP) may set more,
+        and then every process that computes must be able to run that many.
+    reuse_coalitions:
+        Reuse a coalition's value for every later instance (of this and later ``explain``
+        calls of this object, i.e. of the same worker) that agrees with the instance that
+        computed it on the coalition's players. Values then agree with the default within
+        1e-12, not bitwise: which instance computed a value first can change its last bit.
+        ``reuse_stats`` reports the hit rate and memory.
+    reuse_cache_bytes:
+        The most memory the reused values may take (default 256 MiB per engine, i.e. per
+        worker); once full, the cache keeps what it has.
     max_plan_bytes:
         The memory one instance's coalitions and their solve may take (default 1 GiB); a larger
         ``nsamples`` for the number of players is a ``ValueError``.
@@ -255,6 +283,13 @@ class KernelShap:
 
     Model output must be finite real numbers (and in (0, 1) under the logit link): anything
     else is a ``ValueError`` naming the instance, coalition and background row it came from.
+
+    Each distinct synthetic row of a coalition is evaluated once and weighted by how many
+    background rows it stands for (:mod:`explainers.distinct_rows`). Values are a function of
+    the instance, the parameters above (``chunk_rows_`` and ``model_threads`` included) and
+    the CPU kernel (``cpu_kernel_``: the CPU model and the BLAS build and code path): the
+    same engine gives the same bits for an instance in any process on the same kernel,
+    whatever else that process explains, in which order or with which threads.
     """
 
     def __init__(
@@ -267,7 +302,11 @@ class KernelShap:
         link: str = "identity",
         nsamples: int | str = "auto",
         seed: int = 0,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        chunk_rows: int | str = "auto",
+        row_strategy: str = "auto",
+        model_threads: int | None = DEFAULT_MODEL_THREADS,
+        reuse_coalitions: bool = False,
+        reuse_cache_bytes: int = DEFAULT_REUSE_CACHE_BYTES,
         max_plan_bytes: int = DEFAULT_MAX_PLAN_BYTES,
     ) -> None:
         if not callable(predict):
@@ -276,8 +315,17 @@ class KernelShap:
             raise ValueError(f"unknown link {link!r}: use one of {sorted(LINKS)}")
         if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+        if chunk_rows != "auto" and (
+            isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1
+        ):
+            raise ValueError(f"chunk_rows must be 'auto' or a positive int, got {chunk_rows!r}")
+        if row_strategy != "auto" and row_strategy not in ROW_STRATEGIES:
+            raise ValueError(f"row_strategy must be 'auto' or one of {list(ROW_STRATEGIES)}, got {row_strategy!r}")
+        if not isinstance(reuse_coalitions, (bool, np.bool_)):
+            raise ValueError(f"reuse_coalitions must be True or False, got {reuse_coalitions!r}")
+        if isinstance(reuse_cache_bytes, bool) or not isinstance(reuse_cache_bytes, (int, np.integer)) \
+                or reuse_cache_bytes < 0:
+            raise ValueError(f"reuse_cache_bytes must be a non-negative int, got {reuse_cache_bytes!r}")
         if isinstance(max_plan_bytes, bool) or not isinstance(max_plan_bytes, (int, np.integer)) or max_plan_bytes < 1:
             raise ValueError(f"max_plan_bytes must be a positive int, got {max_plan_bytes!r}")
         self.predict = predict
@@ -291,21 +339,38 @@ class KernelShap:
         )
         self.link = link
         self.seed = int(seed)
-        self.chunk_rows = int(chunk_rows)
+        self.chunk_rows = chunk_rows
+        self.row_strategy = row_strategy
+        self.model_threads = check_model_threads(model_threads)
+        self.reuse_coalitions = bool(reuse_coalitions)
+        self.reuse_cache_bytes = int(reuse_cache_bytes)
         self.max_plan_bytes = int(max_plan_bytes)
         self.nsamples_ = _resolve_nsamples(nsamples, self.n_groups)
         self.nsamples = nsamples
         _check_plan_memory(nsamples, self.nsamples_, self.n_groups, 1, self.max_plan_bytes)
 
-        base = self._call_model(self.background, expected=None, where=_background_row)
-        self._output = _Output(None if base.ndim == 1 else base.shape[1])
-        _check_plan_memory(nsamples, self.nsamples_, self.n_groups, self._output.width, self.max_plan_bytes)
-        self._fnull = base.reshape(len(self.background), -1).mean(axis=0)
-        self._link_fnull = self._apply_link(self._fnull, "the background's mean output")
-        self._runs = self._column_runs()
-        # the exact plan and its operator do not depend on the instance: build them once
-        self._full = full_plan(self.n_groups) if self.exact and self.n_groups > 1 else None
-        self._full_operator = solve_operator(self._full) if self._full is not None else None
+        with limited_threads(self.model_threads):
+            base = self._call_model(self.background, expected=None, where=_background_row)
+            self._output = _Output(None if base.ndim == 1 else base.shape[1])
+            _check_plan_memory(nsamples, self.nsamples_, self.n_groups, self._output.width, self.max_plan_bytes)
+            self._fnull = base.reshape(len(self.background), -1).mean(axis=0)
+            self._link_fnull = self._apply_link(self._fnull, "the background's mean output")
+            self._runs = self._column_runs()
+            self._background_t = np.ascontiguousarray(self.background.T)
+            self._distinct = DistinctRows(self.background, self._column_player, DEFAULT_DISTINCT_CACHE_BYTES)
+            # the exact plan, its operator and its distinct rows do not depend on the instance
+            self._full = full_plan(self.n_groups) if self.exact and self.n_groups > 1 else None
+            self._full_operator = solve_operator(self._full) if self._full is not None else None
+            self._full_rows: RowSet | None = None
+            self.chunk_choice_: ChunkChoice = self._choose_chunk_rows()
+        self.chunk_rows_ = self.chunk_choice_.rows
+        self.row_strategy_ = self.chunk_choice_.strategy
+        #: the CPU kernel the values depend on, where the engine was built (see :mod:`explainers.threads`)
+        self.cpu_kernel_ = cpu_kernel()
+        self._reuse = (
+            CoalitionValueCache(self._column_player, self._output.width, self.reuse_cache_bytes)
+            if self.reuse_coalitions else None
+        )
 
     # ----------------------------------------------------------------- properties
     @property
@@ -329,6 +394,17 @@ class KernelShap:
         if self._output.k is None:
             return float(self._link_fnull[0])
         return self._link_fnull.copy()
+
+    @property
+    def reuse_stats(self) -> dict[str, Any] | None:
+        """With ``reuse_coalitions``: hits, misses, hit_rate, entries, bytes, max_bytes, full
+        of this object's cache (in a worker: that worker's); else None."""
+        return None if self._reuse is None else self._reuse.stats
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_full_rows"] = None  # found again where it is used
+        return state
 
     # ----------------------------------------------------------------- public API
     def check_X(self, X: Any) -> np.ndarray:
@@ -354,13 +430,26 @@ class KernelShap:
             raise ValueError(f"offset must be a non-negative int, got {offset!r}")
         n = X.shape[0]
         phi = np.empty((n, self.n_groups, self._output.width))
-        workspace = _Workspace.for_background(self.background, self.chunk_rows, self.nsamples_)
-        with _trusted_finite_inputs():
+        buffer = self._new_buffer(self.chunk_rows_)
+        with _trusted_finite_inputs(), limited_threads(self.model_threads):
             for i in range(n):
-                phi[i] = self._explain_one(X[i], int(offset) + i, workspace)
+                phi[i] = self._explain_one(X[i], int(offset) + i, buffer)
                 if callback is not None:
                     callback(1)
         return phi[:, :, 0] if self._output.k is None else phi
+
+    def rows_per_instance(self, X: Any, *, offset: int = 0) -> tuple[int, int]:
+        """``(distinct, naive)``: the synthetic rows the model sees for each row of ``X``
+        summed, and the rows a naive engine would give it (coalitions x background rows),
+        both without reuse across instances and without the ``f(x)`` rows."""
+        X = self.check_X(X)
+        distinct = naive = 0
+        for i in range(len(X)):
+            plan, players = self._plan(X[i], offset + i)
+            if plan is not None:
+                distinct += self._rows_of(plan, players).n_rows
+                naive += len(plan) * len(self.background)
+        return distinct, naive
 
     # ----------------------------------------------------------------- internals
     def _apply_link(self, mean_output: np.ndarray, what: str | Callable[[int], str]) -> np.ndarray:
@@ -431,78 +520,203 @@ class KernelShap:
             runs.append(player_runs)
         return runs
 
+    def _new_buffer(self, chunk_rows: int) -> "_Buffers":
+        """Reused buffers of one :meth:`explain` call for ``chunk_rows`` rows per model call."""
+        return _Buffers.for_background(self._background_t, chunk_rows, self.nsamples_)
+
+    def _plan(self, x: np.ndarray, index: int) -> tuple[CoalitionPlan | None, np.ndarray]:
+        """Instance ``index``'s plan (None if it has fewer than two varying players) and the
+        players it is over (``plan.masks`` column ``j`` is player ``players[j]``)."""
+        m = self.n_groups
+        if self._full is not None:
+            return self._full, np.arange(m)
+        if m == 1:
+            return None, np.arange(1)
+        players = self._varying_players(x)
+        if len(players) < 2:
+            return None, players
+        rng = np.random.default_rng([self.seed, index])
+        return sampled_plan(len(players), _resolve_nsamples(self.nsamples, len(players)), rng), players
+
+    def _masks(self, plan: CoalitionPlan, players: np.ndarray) -> np.ndarray:
+        """``(S, M)``: the plan's coalitions over all players."""
+        if len(players) == self.n_groups:
+            return plan.masks
+        masks = np.zeros((len(plan), self.n_groups), dtype=bool)
+        masks[:, players] = plan.masks
+        return masks
+
+    def _rows_of(self, plan: CoalitionPlan, players: np.ndarray) -> RowSet:
+        """The distinct background rows of each of the plan's coalitions."""
+        if plan is self._full:
+            if self._full_rows is None:
+                self._full_rows = self._distinct.of(plan.masks)
+            return self._full_rows
+        return self._distinct.of(self._masks(plan, players))
+
+    def _choose_chunk_rows(self) -> ChunkChoice:
+        """``chunk_rows`` and ``row_strategy`` as given, or measured on this CPU for this model
+        (see :mod:`explainers.chunking`)."""
+        x = self.background[0]
+        plan, players = self._plan(x, 0)
+        strategies = list(ROW_STRATEGIES) if self.row_strategy == "auto" else [self.row_strategy]
+        if self.chunk_rows != "auto":
+            sizes = [int(self.chunk_rows)]
+        elif plan is None:
+            sizes = [len(self.background)]
+        else:
+            sizes = candidates(len(plan) * len(self.background), self.n_columns)
+        if plan is None:
+            return ChunkChoice(sizes[0], strategies[0], "whole instance")
+        masks, rows = self._masks(plan, players), self._rows_of(plan, players)
+        buffers: dict[int, _Buffers] = {}
+
+        def time_chunk(strategy: str, size: int) -> float:
+            stop = max(1, min(len(masks), size // len(self.background)))
+            part = take(rows, np.arange(stop))
+            buffer = buffers.setdefault(size, self._new_buffer(size))
+            began = time.perf_counter()
+            with _trusted_finite_inputs():
+                self._coalition_values(x, 0, masks[:stop], part, buffer, size, strategy)
+            return (time.perf_counter() - began) / (stop * len(self.background))
+
+        predict = getattr(self.predict, "__func__", self.predict)
+        owner = type(getattr(self.predict, "__self__", None))
+        key = (getattr(predict, "__qualname__", repr(type(predict))), owner.__qualname__, self.background.shape,
+               self.n_groups, self.nsamples_, self._output.width, self.model_threads, tuple(sizes), tuple(strategies))
+        return choose_chunk_rows(key, sizes, strategies, time_chunk)
+
     def _coalition_values(
-        self, x: np.ndarray, index: int, masks: np.ndarray, workspace: _Workspace
+        self, x: np.ndarray, index: int, masks: np.ndarray, rows: RowSet | None, buffers: _Buffers,
+        chunk_rows: int, strategy: str,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Background-averaged output of every coalition, and ``f(x)``.
+        """Background-averaged output of every coalition of ``masks``, and ``f(x)``, the model
+        the model seeing each coalition's distinct rows once (``strategy == "distinct"``) or
+        every row (``"dense"``, :meth:`_dense_values`).
 
-        ``x`` is instance ``index`` of the request (for errors); ``masks``: ``(S, M)`` bool. Returns ``(S, K')`` and ``(K',)`` with ``K' = max(K, 1)``,
-        both before the link.
+        ``x`` is instance ``index`` of the request (for errors); ``masks``: ``(S, M)`` bool and
+        ``rows`` their distinct background rows. Returns ``(S, K')`` and ``(K',)`` with
+        ``K' = max(K, 1)``, both before the link.
 
-        The synthetic rows of ``c`` coalitions are built column-major in one reused buffer of
-        shape ``(D, c * N + 1)``: per player and run of its columns, a copy of the tiled
-        background's run, then one assignment of ``x`` to the coalitions that hold the player.
-        Its transpose, ``(c * N, D)``, is what the model sees; the extra last row holds ``x``
-        itself in the first call, which gives ``f(x)``.
-        The buffer and the tile live in ``workspace``, made once per :meth:`explain` call.
+        Whole coalitions go to the model together, up to ``chunk_rows`` synthetic rows (one
+        coalition alone may have up to ``N``). Their rows are built column-major in
+        ``buffer`` ``(D, >= chunk_rows + 1)``: the representatives' background rows, then ``x``
+        on the columns of the players each coalition holds; the model sees the transpose.
+        The first call carries ``x`` itself as its last row, which gives ``f(x)``.
         """
-        tile, buffer = workspace.tile, workspace.buffer
+        if strategy == "dense":
+            return self._dense_values(x, index, masks, buffers)
+        assert rows is not None
+        buffer = buffers.rows
+        n_bg = len(self.background)
+        starts = rows.starts
+        values = np.empty((len(masks), self._output.width))
+        fx = None
+        first = 0
+        while first < len(masks):
+            stop = int(np.searchsorted(starts, starts[first] + chunk_rows, side="right")) - 1
+            stop = min(max(stop, first + 1), len(masks))
+            lo, hi = int(starts[first]), int(starts[stop])
+            n_rows = hi - lo
+            block = buffer[:, :n_rows]
+            np.take(self._background_t, rows.rows[lo:hi], axis=1, out=block, mode="clip")
+            coalition_of_row = np.repeat(np.arange(stop - first), np.diff(starts[first : stop + 1]))
+            holds = masks[first:stop][coalition_of_row]  # (n_rows, M)
+            for player, player_runs in enumerate(self._runs):
+                selected = holds[:, player]
+                for a, b in player_runs:
+                    block[a:b, selected] = x[a:b, None]
+
+            def where(row: int, first: int = first, lo: int = lo, n_rows: int = n_rows) -> str:
+                if row == n_rows:
+                    return f"instance {index} itself"
+                s = first + int(np.searchsorted(starts, lo + row, side="right")) - 1
+                return f"instance {index} (coalition {s}, background row {int(rows.rows[lo + row])})"
+
+            out, fx = self._call_chunk(buffer, n_rows, x, fx, where)
+            # weighted sums along a contiguous axis, coalition by coalition
+            by_output = np.ascontiguousarray(out.T) * rows.counts[lo:hi]
+            sums = np.add.reduceat(by_output, starts[first:stop] - lo, axis=1)
+            values[first:stop] = (sums / n_bg).T
+            first = stop
+        if fx is None:
+            fx = self._call_model(x[None, :], self._output, lambda _: f"instance {index} itself").reshape(-1)
+        return values, fx
+
+    def _call_chunk(
+        self, buffer: np.ndarray, n_rows: int, x: np.ndarray, fx: np.ndarray | None, where: Callable[[int], str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The model's output ``(n_rows, K')`` on the rows ``buffer[:, :n_rows]`` (column-major),
+        and ``f(x)`` ``(K',)``: ``fx`` if known, else from ``x`` riding along as one more row."""
+        if fx is not None:
+            return self._call_model(buffer[:, :n_rows].T, self._output, where).reshape(n_rows, -1), fx
+        buffer[:, n_rows] = x
+        out = self._call_model(buffer[:, : n_rows + 1].T, self._output, where).reshape(n_rows + 1, -1)
+        return out[:-1], out[-1].copy()
+
+    def _dense_values(
+        self, x: np.ndarray, index: int, masks: np.ndarray, buffers: _Buffers
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_coalition_values` with every background row of every coalition
+        (``strategy == "dense"``): faster where a model row costs less than gathering one.
+
+        The rows of ``c`` coalitions are built column-major in ``buffers.dense``: per player and
+        run of its columns, a copy of the tiled background's run, then one assignment of ``x``
+        to the coalitions that hold the player.
+        """
+        tile, buffer = buffers.tile, buffers.dense
         n_cols, per_call, n_bg = tile.shape
-        buffer[:, -1] = x
-        runs = self._runs
         values = np.empty((len(masks), self._output.width))
         fx = None
         for start in range(0, len(masks), per_call):
             chunk = masks[start : start + per_call]
             n_rows = len(chunk) * n_bg
             block = buffer[:, :n_rows].reshape(n_cols, len(chunk), n_bg)
-            for player, player_runs in enumerate(runs):
+            for player, player_runs in enumerate(self._runs):
                 selected = chunk[:, player]
                 for lo, hi in player_runs:  # the runs cover every column once
                     # copied and overwritten run by run, while the run's rows are still in cache
                     block[lo:hi] = tile[lo:hi, : len(chunk), :]
                     block[lo:hi, selected, :] = x[lo:hi, None, None]
+
             def where(row: int, first: int = start, n_rows: int = n_rows) -> str:
                 if row == n_rows:
                     return f"instance {index} itself"
                 return f"instance {index} (coalition {first + row // n_bg}, background row {row % n_bg})"
 
-            if fx is None:  # f(x) rides along with the first call
-                out = self._call_model(buffer[:, : n_rows + 1].T, self._output, where).reshape(n_rows + 1, -1)
-                fx, out = out[-1].copy(), out[:-1]
-            else:
-                out = self._call_model(buffer[:, :n_rows].T, self._output, where).reshape(n_rows, -1)
+            out, fx = self._call_chunk(buffer, n_rows, x, fx, where)
             # averaging along a contiguous axis is ~10x faster than across the (rows, K) layout
             by_output = np.ascontiguousarray(out.T).reshape(-1, len(chunk), n_bg)
             values[start : start + len(chunk)] = by_output.mean(axis=2).T
+        if fx is None:
+            fx = self._call_model(x[None, :], self._output, lambda _: f"instance {index} itself").reshape(-1)
         return values, fx
 
-    def _explain_one(self, x: np.ndarray, index: int, workspace: _Workspace) -> np.ndarray:
+    def _explain_one(self, x: np.ndarray, index: int, buffer: _Buffers) -> np.ndarray:
         """Shapley values ``(M, K')`` of one instance, the ``index``-th of the request."""
-        m = self.n_groups
-        if self._full is not None:
-            plan, (a, b), players = self._full, self._full_operator, np.arange(m)
-        elif m == 1:
-            plan, players = None, np.arange(1)
-        else:
-            players = self._varying_players(x)
-            rng = np.random.default_rng([self.seed, index])
-            budget = _resolve_nsamples(self.nsamples, len(players)) if len(players) > 1 else 0
-            plan = sampled_plan(len(players), budget, rng) if len(players) > 1 else None
-            if plan is not None:
-                a, b = solve_operator(plan)
-
-        phi = np.zeros((m, self._output.width))
+        plan, players = self._plan(x, index)
+        phi = np.zeros((self.n_groups, self._output.width))
         if plan is None:
             fx = self._call_model(x[None, :], self._output, lambda _: f"instance {index} itself").reshape(-1)
             delta = self._apply_link(fx, f"f(x) of instance {index}") - self._link_fnull
             if len(players) == 1:
                 phi[players[0]] = delta
             return phi
-
-        masks = np.zeros((len(plan), m), dtype=bool)
-        masks[:, players] = plan.masks
-        values, fx = self._coalition_values(x, index, masks, workspace)
+        a, b = self._full_operator if plan is self._full else solve_operator(plan)
+        distinct = self.row_strategy_ == "distinct"
+        masks = self._masks(plan, players)
+        rows = self._rows_of(plan, players) if distinct else None
+        if self._reuse is None:
+            values, fx = self._coalition_values(x, index, masks, rows, buffer, self.chunk_rows_, self.row_strategy_)
+        else:
+            hit, values, pending = self._reuse.lookup(x, masks)
+            missing = np.flatnonzero(~hit)
+            computed, fx = self._coalition_values(
+                x, index, masks[missing], take(rows, missing) if distinct else None, buffer,
+                self.chunk_rows_, self.row_strategy_,
+            )
+            values[missing] = computed
+            self._reuse.store(pending, missing, computed)
         delta = self._apply_link(fx, f"f(x) of instance {index}") - self._link_fnull
         linked = self._apply_link(values, lambda s: f"the mean output of instance {index}'s coalition {s}")
         phi[players] = a @ (linked - self._link_fnull) + b[:, None] * delta

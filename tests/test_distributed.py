@@ -138,7 +138,7 @@ def assert_same(values: np.ndarray, serial: np.ndarray) -> None:
     assert values.shape == serial.shape
     assert np.isfinite(values).all()
     diff = float(np.max(np.abs(values - serial)))
-    assert diff <= 1e-12, f"max |distributed - serial| = {diff:.3g}"
+    assert np.array_equal(values, serial), f"not bitwise identical: max |distributed - serial| = {diff:.3g}"
 
 
 # ------------------------------------------------------------------ pure helpers

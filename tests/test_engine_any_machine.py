@@ -1,0 +1,244 @@
+"""The engine on any machine (issue 21): the same bits whatever the caller's threads, a chunk
+size measured for the CPU, each distinct synthetic row once, and coalition values reused
+across instances."""
+from __future__ import annotations
+
+import pickle
+import time
+import warnings
+
+import cloudpickle
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from explainers import DistributedKernelShap, KernelShap
+from explainers.chunking import CALIBRATION_BUDGET_S, CHUNK_ROW_CANDIDATES, ROW_STRATEGIES
+from explainers.distinct_rows import DistinctRows
+from explainers.distributed import CpuKernelWarning
+from explainers.threads import cpu_kernel
+
+shap = pytest.importorskip("shap")
+
+
+def adult_engine(w, **kwargs) -> KernelShap:
+    kwargs.setdefault("nsamples", 4094)
+    return KernelShap(w.model.predict_proba, w.background, groups=w.groups, group_names=w.group_names,
+                      link="logit", **kwargs)
+
+
+# ------------------------------------------------------------------ threads
+def test_values_do_not_depend_on_the_callers_blas_threads(adult_workload):
+    """Instance 120 of the Adult workload differed in its last bit at 2 BLAS threads (OpenBLAS
+    splits the rows of a model call between threads) before the engine owned its threads."""
+    engine = adult_engine(adult_workload)
+    X = adult_workload.X_explain[100:140]
+    with threadpool_limits(limits=1):
+        one = engine.explain(X, offset=100)
+    with threadpool_limits(limits=2):
+        two = engine.explain(X, offset=100)
+    default = engine.explain(X, offset=100)
+    assert np.array_equal(one, two), [100 + i for i in range(len(X)) if not np.array_equal(one[i], two[i])]
+    assert np.array_equal(one, default)
+
+
+def test_model_threads_is_validated_and_none_leaves_the_callers_threads(adult_workload):
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="model_threads must be a positive int or None"):
+            adult_engine(adult_workload, model_threads=bad)
+    engine = adult_engine(adult_workload, model_threads=None, chunk_rows=32768, row_strategy="dense")
+    seen = []
+    predict = adult_workload.model.predict_proba
+
+    def spy(rows):
+        from threadpoolctl import threadpool_info
+
+        seen.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+        return predict(rows)
+
+    engine.predict = spy
+    with threadpool_limits(limits=2):
+        engine.explain(adult_workload.X_explain[:1])
+    assert set(seen) == {2}
+    engine.model_threads = 1
+    seen.clear()
+    with threadpool_limits(limits=2):
+        engine.explain(adult_workload.X_explain[:1])
+    assert set(seen) == {1}
+
+
+# ------------------------------------------------------------------ chunk size
+def test_chunk_size_is_measured_once_per_problem_and_travels_with_the_engine(adult_workload):
+    began = time.perf_counter()
+    engine = adult_engine(adult_workload, nsamples=2072, seed=3)  # a problem no other test measured
+    built = time.perf_counter() - began
+    choice = engine.chunk_choice_
+    assert choice.how == "calibrated"
+    assert engine.chunk_rows_ in CHUNK_ROW_CANDIDATES and engine.row_strategy_ in ROW_STRATEGIES
+    assert (engine.row_strategy_, engine.chunk_rows_) == min(choice.seconds_per_row, key=choice.seconds_per_row.get)
+    assert {size for _, size in choice.seconds_per_row} == set(CHUNK_ROW_CANDIDATES)
+    assert choice.calibration_s < CALIBRATION_BUDGET_S + 0.5 and built < CALIBRATION_BUDGET_S + 2.0
+    again = adult_engine(adult_workload, nsamples=2072, seed=3)
+    assert again.chunk_choice_ is choice  # engines built alike in one process compute alike
+    for copy in (pickle.loads(cloudpickle.dumps(engine)),):
+        assert (copy.chunk_rows_, copy.row_strategy_) == (engine.chunk_rows_, engine.row_strategy_)
+
+
+def test_an_explicit_chunk_size_and_strategy_win(adult_workload):
+    engine = adult_engine(adult_workload, chunk_rows=5000, row_strategy="distinct")
+    assert (engine.chunk_rows_, engine.row_strategy_, engine.chunk_choice_.how) == (5000, "distinct", "given")
+    with pytest.raises(ValueError, match="row_strategy must be 'auto' or one of"):
+        adult_engine(adult_workload, row_strategy="sparse")
+    with pytest.raises(ValueError, match="chunk_rows must be 'auto' or a positive int"):
+        adult_engine(adult_workload, chunk_rows="big")
+
+
+def test_values_do_not_depend_on_the_chunk_size(adult_workload):
+    X = adult_workload.X_explain[:6]
+    reference = adult_engine(adult_workload, chunk_rows=4096, row_strategy="dense").explain(X)
+    for strategy in ROW_STRATEGIES:
+        for rows in (4096, 65536):
+            values = adult_engine(adult_workload, chunk_rows=rows, row_strategy=strategy).explain(X)
+            assert np.abs(values - reference).max() <= 1e-12
+
+
+# ------------------------------------------------------------------ distinct rows
+def test_distinct_rows_are_the_classes_of_the_players_outside_the_coalition():
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 3, size=(40, 5)).astype(float)
+    column_player = np.array([0, 0, 1, 2, 3])
+    masks = rng.random((30, 4)) < 0.5
+    rows = DistinctRows(background, column_player, max_cache_bytes=2**20).of(masks)
+    for s, mask in enumerate(masks):
+        outside = ~mask[column_player]
+        reps = rows.rows[rows.starts[s]:rows.starts[s + 1]]
+        counts = rows.counts[rows.starts[s]:rows.starts[s + 1]]
+        expected = np.unique(background[:, outside], axis=0)
+        assert len(reps) == len(expected) and counts.sum() == 40
+        for rep, count in zip(reps, counts):
+            same = (background[:, outside] == background[rep, outside]).all(axis=1)
+            assert same.sum() == count and same.argmax() == rep
+
+
+def test_distinct_rows_cache_is_bounded_and_still_right_when_full():
+    rng = np.random.default_rng(1)
+    background = rng.integers(0, 2, size=(30, 6)).astype(float)
+    column_player = np.arange(6)
+    masks = rng.random((50, 6)) < 0.5
+    unbounded = DistinctRows(background, column_player, max_cache_bytes=2**30).of(masks)
+    small = DistinctRows(background, column_player, max_cache_bytes=500)
+    for _ in range(2):
+        bounded = small.of(masks)
+        assert small.cache_bytes <= 500
+        for field in ("rows", "counts", "starts"):
+            assert np.array_equal(getattr(bounded, field), getattr(unbounded, field))
+
+
+def test_adult_distinct_rows_fraction(adult_workload):
+    engine = adult_engine(adult_workload)
+    distinct, naive = engine.rows_per_instance(adult_workload.X_explain[:2])
+    assert naive == 2 * 4094 * 100
+    assert distinct / naive == pytest.approx(0.754, abs=0.001)  # issue 21's count over all coalitions
+
+
+def _held_out_models():
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = make_classification(n_samples=300, n_features=6, n_informative=4, random_state=0)
+    X = np.round(X, 1)  # repeated values, so that coalitions share background rows
+    tree = GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=0).fit(X, y)
+    mlp = MLPClassifier(hidden_layer_sizes=(16,), max_iter=2000, random_state=0).fit(X, y)
+    return X, {"tree": tree, "mlp": mlp}
+
+
+@pytest.mark.parametrize("model_name", ["tree", "mlp"])
+@pytest.mark.parametrize("strategy", ROW_STRATEGIES)
+@pytest.mark.parametrize("reuse", [False, True], ids=["no-reuse", "reuse"])
+def test_held_out_models_match_shap_exact(model_name, strategy, reuse):
+    X, models = _held_out_models()
+    model = models[model_name]
+    background = X[:25].copy()
+    background[:, 0] = np.round(background[:, 0])  # heavy duplication on one column
+    instances = np.vstack([X[200:206], X[200:203]])  # repeated instances: the cache must hit
+    engine = KernelShap(model.predict_proba, background, link="logit", nsamples=62,
+                        row_strategy=strategy, reuse_coalitions=reuse)
+    assert engine.exact
+    values = engine.explain(instances)
+    explainer = shap.KernelExplainer(model.predict_proba, background, link="logit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = np.asarray(explainer.shap_values(instances, nsamples=62, l1_reg=False, silent=True))
+    assert np.abs(values - expected).max() <= 1e-8
+    if reuse:
+        assert engine.reuse_stats["hits"] > 0
+
+
+# ------------------------------------------------------------------ reuse
+@pytest.mark.parametrize("nsamples", [4094, 2072], ids=["exact", "sampled"])
+def test_reuse_agrees_with_the_default_within_1e_12(adult_workload, nsamples):
+    X = adult_workload.X_explain[:48]
+    default = adult_engine(adult_workload, nsamples=nsamples).explain(X)
+    engine = adult_engine(adult_workload, nsamples=nsamples, reuse_coalitions=True)
+    first, rest = engine.explain(X[:20]), engine.explain(X[20:], offset=20)  # later calls reuse too
+    assert np.abs(np.concatenate([first, rest]) - default).max() <= 1e-12
+    stats = engine.reuse_stats
+    assert stats["hits"] > 0.1 * (stats["hits"] + stats["misses"]) and 0 < stats["bytes"] <= stats["max_bytes"]
+    assert adult_engine(adult_workload, nsamples=nsamples).reuse_stats is None
+
+
+def test_reuse_cache_is_bounded_and_a_pickled_copy_starts_empty(adult_workload):
+    X = adult_workload.X_explain[:10]
+    default = adult_engine(adult_workload).explain(X)
+    engine = adult_engine(adult_workload, reuse_coalitions=True, reuse_cache_bytes=200_000)
+    values = engine.explain(X)
+    stats = engine.reuse_stats
+    assert stats["full"] and stats["bytes"] <= 200_000
+    assert np.abs(values - default).max() <= 1e-12
+    copy = pickle.loads(cloudpickle.dumps(engine))
+    assert copy.reuse_stats["entries"] == 0 and copy.reuse_stats["hits"] == 0
+    with pytest.raises(ValueError, match="reuse_coalitions must be True or False"):
+        adult_engine(adult_workload, reuse_coalitions="yes")
+
+
+# ------------------------------------------------------------------ on Ray
+BACKENDS = [
+    dict(backend="pool"), dict(backend="data"),
+    dict(backend="serve", serve_mode="ray"), dict(backend="serve", serve_mode="default"),
+]
+
+
+@pytest.mark.parametrize("config", BACKENDS, ids=lambda c: "-".join(c.values()))
+def test_every_backend_reuses_coalitions_and_is_identical_to_serial_at_any_caller_threads(
+        ray_session, adult_workload, config):
+    w = adult_workload
+    X = w.X_explain[:30]
+    kwargs = dict(groups=w.groups, group_names=w.group_names, link="logit", nsamples=4094)
+    with threadpool_limits(limits=2):  # the caller's threads do not matter
+        serial = KernelShap(w.model.predict_proba, w.background, **kwargs).explain(X)
+    explainer = DistributedKernelShap(w.model.predict_proba, w.background, workers=2, batch_size=5,
+                                      progress=False, **kwargs, **config)
+    with explainer:
+        assert np.array_equal(explainer.explain(X), serial)
+    reusing = DistributedKernelShap(w.model.predict_proba, w.background, workers=2, batch_size=5,
+                                    progress=False, reuse_coalitions=True, **kwargs, **config)
+    assert reusing.engine.reuse_coalitions
+    with reusing:
+        assert np.abs(reusing.explain(X) - serial).max() <= 1e-12
+
+
+def test_a_node_of_another_cpu_kernel_is_a_warning(ray_session, adult_workload):
+    w = adult_workload
+    explainer = DistributedKernelShap(w.model.predict_proba, w.background, groups=w.groups, link="logit",
+                                      nsamples=64, workers=1, batch_size=5, progress=False)
+    assert explainer.engine.cpu_kernel_ == cpu_kernel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CpuKernelWarning)
+        with explainer:
+            explainer.explain(w.X_explain[:5])
+    assert list(explainer.last_run["cpu_kernels"].values()) == [cpu_kernel()]
+    explainer.engine.cpu_kernel_ = "Some Other CPU | openblas SkylakeX"
+    with pytest.warns(CpuKernelWarning, match="Some Other CPU.*runs 'AMD|Some Other CPU.*runs '"):
+        with explainer:
+            explainer.explain(w.X_explain[:5])
