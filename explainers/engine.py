@@ -79,11 +79,18 @@ class _Buffers:
     dense: np.ndarray
 
     @classmethod
-    def for_background(cls, background_t: np.ndarray, chunk_rows: int, max_coalitions: int) -> _Buffers:
+    def for_background(
+        cls, background_t: np.ndarray, chunk_rows: int, max_coalitions: int, strategies: tuple[str, ...]
+    ) -> _Buffers:
+        """Only the buffers ``strategies`` use are allocated; the others are empty."""
         n_cols, n_bg = background_t.shape
+        empty = np.empty((n_cols, 0))
+        rows = np.empty((n_cols, max(chunk_rows, n_bg) + 1)) if "distinct" in strategies else empty
+        if "dense" not in strategies:
+            return cls(rows, empty[:, None, :], empty)
         per_call = max(1, min(chunk_rows // n_bg, max_coalitions))
         tile = np.ascontiguousarray(np.broadcast_to(background_t[:, None, :], (n_cols, per_call, n_bg)))
-        return cls(np.empty((n_cols, max(chunk_rows, n_bg) + 1)), tile, np.empty((n_cols, per_call * n_bg + 1)))
+        return cls(rows, tile, np.empty((n_cols, per_call * n_bg + 1)))
 
 
 def _background_row(row: int) -> str:
@@ -284,9 +291,8 @@ class KernelShap:
     Model output must be finite real numbers (and in (0, 1) under the logit link): anything
     else is a ``ValueError`` naming the instance, coalition and background row it came from.
 
-    Each distinct synthetic row of a coalition is evaluated once and weighted by how many
-    background rows it stands for (:mod:`explainers.distinct_rows`). Values are a function of
-    the instance, the parameters above (``chunk_rows_`` and ``model_threads`` included) and
+    Values are a function of the instance, the parameters above (``chunk_rows_``,
+    ``row_strategy_`` and ``model_threads`` included) and
     the CPU kernel (``cpu_kernel_``: the CPU model and the BLAS build and code path): the
     same engine gives the same bits for an instance in any process on the same kernel,
     whatever else that process explains, in which order or with which threads.
@@ -430,7 +436,7 @@ class KernelShap:
             raise ValueError(f"offset must be a non-negative int, got {offset!r}")
         n = X.shape[0]
         phi = np.empty((n, self.n_groups, self._output.width))
-        buffer = self._new_buffer(self.chunk_rows_)
+        buffer = self._new_buffer(self.chunk_rows_, (self.row_strategy_,))
         with _trusted_finite_inputs(), limited_threads(self.model_threads):
             for i in range(n):
                 phi[i] = self._explain_one(X[i], int(offset) + i, buffer)
@@ -520,9 +526,9 @@ class KernelShap:
             runs.append(player_runs)
         return runs
 
-    def _new_buffer(self, chunk_rows: int) -> "_Buffers":
+    def _new_buffer(self, chunk_rows: int, strategies: tuple[str, ...]) -> "_Buffers":
         """Reused buffers of one :meth:`explain` call for ``chunk_rows`` rows per model call."""
-        return _Buffers.for_background(self._background_t, chunk_rows, self.nsamples_)
+        return _Buffers.for_background(self._background_t, chunk_rows, self.nsamples_, strategies)
 
     def _plan(self, x: np.ndarray, index: int) -> tuple[CoalitionPlan | None, np.ndarray]:
         """Instance ``index``'s plan (None if it has fewer than two varying players) and the
@@ -574,7 +580,9 @@ class KernelShap:
         def time_chunk(strategy: str, size: int) -> float:
             stop = max(1, min(len(masks), size // len(self.background)))
             part = take(rows, np.arange(stop))
-            buffer = buffers.setdefault(size, self._new_buffer(size))
+            if size not in buffers:  # made once per size, not once per timing
+                buffers[size] = self._new_buffer(size, tuple(strategies))
+            buffer = buffers[size]
             began = time.perf_counter()
             with _trusted_finite_inputs():
                 self._coalition_values(x, 0, masks[:stop], part, buffer, size, strategy)

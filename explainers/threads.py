@@ -53,6 +53,7 @@ def limited_threads(model_threads: int | None) -> contextlib.AbstractContextMana
     return _thread_controller().limit(limits=model_threads)
 
 
+@lru_cache(maxsize=1)
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -62,11 +63,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-@lru_cache(maxsize=1)
-def _cpu_model_cached() -> str:
-    return _cpu_model()
 
 
 def cpu_kernel() -> str:
@@ -84,7 +80,7 @@ def cpu_kernel() -> str:
         for info in _thread_controller().info()
         if info.get("user_api") == "blas"
     })
-    return " | ".join([_cpu_model_cached(), *libraries])
+    return " | ".join([_cpu_model(), *libraries])
 
 
 def _node_kernel() -> str:
