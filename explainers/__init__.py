@@ -13,13 +13,13 @@ __version__ = "0.1.0"
 __all__ = ["KernelShap", "DistributedKernelShap", "__version__"]
 
 _LAZY = {
-    "KernelShap": "explainers.engine",
-    "DistributedKernelShap": "explainers.distributed",
+    "KernelShap": "explainers.kernelshap.engine",
+    "DistributedKernelShap": "explainers.kernelshap.distributed",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from explainers.distributed import DistributedKernelShap
-    from explainers.engine import KernelShap
+    from explainers.kernelshap.distributed import DistributedKernelShap
+    from explainers.kernelshap.engine import KernelShap
 
 
 def __getattr__(name: str) -> Any:

@@ -14,13 +14,13 @@ router, Ray Data's executor), which competes with the workers for the machine's 
 Where the workers run on this machine (a local cluster, the plain processes),
 ``machine_cpu_seconds`` splits the whole machine's CPU per call (median of the timed
 rounds) into the workers', the driver's, Ray's own processes' (raylet, GCS, Serve's
-controller, Ray Data's coordinating actors) and the rest's (``explainers.machine_cpu``), and
+controller, Ray Data's coordinating actors) and the rest's (``explainers.bench.machine_cpu``), and
 ``overhead_cpu_share`` is the driver's and Ray's share of what the call used: on two cores
 that the workers fill, the time taken from them.
 
 The ``processes`` rows (``extra_info["baseline"]``, no ``backend``: the report leaves them
 out) run the same minibatches on plain spawned processes, no Ray, paired with serial the
-same way: the machine's own ceiling (see ``explainers/bare_processes.py``). The same plain
+same way: the machine's own ceiling (see ``explainers/bench/bare_processes.py``). The same plain
 processes also run one round right after the serial round before each backend round on a
 local cluster (a remote cluster's workers are not on this machine), so every backend round
 has a ceiling round of the same minute too: each backend row records
@@ -47,9 +47,9 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from explainers import KernelShap
-from explainers.bare_processes import BareProcesses
-from explainers.machine_cpu import CpuPerRound, machine_cpu_summary
-from explainers.pytest_plugin import SerialExplainer, SerialRounds
+from explainers.bench.bare_processes import BareProcesses
+from explainers.bench.machine_cpu import CpuPerRound, machine_cpu_summary
+from explainers.bench.plugin import SerialExplainer, SerialRounds
 
 N_INSTANCES = int(os.environ.get("BENCH_BACKENDS_INSTANCES", "256"))
 ROUNDS = int(os.environ.get("BENCH_BACKENDS_ROUNDS", "3"))

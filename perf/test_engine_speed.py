@@ -51,7 +51,7 @@ def _column_player(workload) -> np.ndarray:
 
 
 def _plan_masks(engine: KernelShap, index: int) -> np.ndarray:
-    from explainers.coalitions import full_plan, sampled_plan
+    from explainers.kernelshap.coalitions import full_plan, sampled_plan
 
     m = engine.n_groups
     plan = full_plan(m) if engine.exact else sampled_plan(m, engine.nsamples_, np.random.default_rng([0, index]))
@@ -66,7 +66,7 @@ def _synthetic_rows(workload, x: np.ndarray, engine: KernelShap, index: int) -> 
 
 def _distinct_synthetic_rows(workload, x: np.ndarray, engine: KernelShap, index: int) -> np.ndarray:
     """Each coalition's distinct synthetic rows of one instance only, C-ordered."""
-    from explainers.distinct_rows import DistinctRows
+    from explainers.kernelshap.distinct_rows import DistinctRows
 
     column_player = _column_player(workload)
     masks = _plan_masks(engine, index)

@@ -15,7 +15,7 @@ baseline timed once, at the start, would credit or penalise whichever configurat
 in a fast or slow minute. ``paired_efficiency`` is the median over rounds of (serial
 round / the round after it) / workers: one slow round does not move it.
 On a local cluster, ``machine_cpu_seconds`` and ``overhead_cpu_share`` account the
-machine's CPU per round by role (``explainers.machine_cpu``). Two CI gates fail a
+machine's CPU per round by role (``explainers.bench.machine_cpu``). Two CI gates fail a
 configuration after its figures are recorded: ``--min-efficiency F``, whose
 ``paired_efficiency`` is below ``F``, and ``--max-overhead-share F``, whose
 ``overhead_cpu_share`` is above ``F``.
@@ -29,8 +29,8 @@ import time
 
 import pytest
 
-from explainers.machine_cpu import CpuPerRound, machine_cpu_summary
-from explainers.pytest_plugin import (
+from explainers.bench.machine_cpu import CpuPerRound, machine_cpu_summary
+from explainers.bench.plugin import (
     ActorNodeTracker,
     InClusterExplainer,
     assert_same_values,

@@ -26,7 +26,7 @@ def adult_workload(request: pytest.FixtureRequest, adult_data_dir, tmp_path_fact
     The fitted model is cached in ``$EXPLAINERS_CACHE_DIR`` when set, else in pytest's
     cache directory (``.pytest_cache``), never in the user's cache.
     """
-    from explainers.adult import CACHE_DIR_ENV, load_workload
+    from explainers.workloads.adult import CACHE_DIR_ENV, load_workload
 
     cache_dir = os.environ.get(CACHE_DIR_ENV, "").strip() or None
     if cache_dir is None:
@@ -45,7 +45,7 @@ def ray_session():
     """
     import ray
 
-    from explainers.ray_client import RayAuthEnv
+    from explainers.cluster.ray_client import RayAuthEnv
 
     if ray.is_initialized():
         yield ray

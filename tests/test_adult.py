@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explainers import adult
-from explainers.adult import GROUP_NAMES, GROUP_WIDTHS, load_workload
-from explainers.datasets import ADULT_FILES, DatasetChecksumError
+from explainers.workloads import adult
+from explainers.workloads.adult import GROUP_NAMES, GROUP_WIDTHS, load_workload
+from explainers.workloads.adult_files import ADULT_FILES, DatasetChecksumError
 
 RECIPE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "adult_recipe.json"
 
@@ -131,7 +131,7 @@ def test_category_maps_are_the_recipes(recipe):
 def _study_pipeline(path: Path, recipe: dict):
     """The study's code path, step by step as it ran it (alibi ``fetch_adult`` + example).
 
-    Written independently of ``explainers.adult``: python-engine parsing, ``DataFrame.replace``,
+    Written independently of ``explainers.workloads.adult``: python-engine parsing, ``DataFrame.replace``,
     ``LabelEncoder``, the global legacy RNG with ``permutation(np.c_[data, target])``,
     imputer pipelines and a sparse ``ColumnTransformer``, the model fitted on the sparse output.
     """

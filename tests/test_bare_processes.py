@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from explainers import KernelShap
-from explainers.bare_processes import BareProcesses
+from explainers.bench.bare_processes import BareProcesses
 
 
 def _linear(rows: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""``explainers.cluster``: address forms, CPU splitting, argument checks (no Ray started here).
+"""``explainers.cluster.session``: address forms, CPU splitting, argument checks (no Ray started here).
 
 Starting and stopping real clusters (one node, two nodes, ``ray://``) is covered through
 the plugin in ``tests/test_plugin.py``.
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from explainers.cluster import K8sOptions, address_mode, connect, split_cpus
-from explainers.ray_client import init_ray_client, is_transient_start_failure
+from explainers.cluster.session import K8sOptions, address_mode, connect, split_cpus
+from explainers.cluster.ray_client import init_ray_client, is_transient_start_failure
 
 
 @pytest.mark.parametrize(

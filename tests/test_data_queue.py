@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from explainers.backends.data import IDLE, IDLE_HEARTBEAT_S, LATER, MinibatchQueue
+from explainers.kernelshap.backends.data import IDLE, IDLE_HEARTBEAT_S, LATER, MinibatchQueue
 
 
 def run(coro):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from explainers import datasets
-from explainers.datasets import (
+from explainers.workloads import adult_files as datasets
+from explainers.workloads.adult_files import (
     ADULT_FILES,
     DatasetChecksumError,
     DatasetDownloadError,
@@ -314,7 +314,7 @@ def test_local_write_error_is_a_download_error(adult_bytes, server, dest):
 
 def test_load_workload_downloads_then_reuses(adult_bytes, adult_workload, server, tmp_path, monkeypatch):
     """End to end: an empty data dir is filled from the (loopback) UCI URLs, then reused."""
-    from explainers.adult import load_workload
+    from explainers.workloads.adult import load_workload
 
     for name, content in adult_bytes.items():
         server.put(PRIMARY_PATH + name, content)

@@ -16,17 +16,17 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from explainers.backends._common import (  # noqa: E402
+from explainers.kernelshap.backends.common import (  # noqa: E402
     ExplanationError,
     contiguous_runs,
     describe_rows,
     explain_indexed,
     minibatches,
 )
-from explainers.backends.serve import DEPLOYMENT_NAME  # noqa: E402
-from explainers.distributed import DistributedKernelShap, explain_in_cluster  # noqa: E402
-from explainers.engine import KernelShap  # noqa: E402
-from explainers.machine_cpu import take_snapshot  # noqa: E402
+from explainers.kernelshap.backends.serve import DEPLOYMENT_NAME  # noqa: E402
+from explainers.kernelshap.distributed import DistributedKernelShap, explain_in_cluster  # noqa: E402
+from explainers.kernelshap.engine import KernelShap  # noqa: E402
+from explainers.bench.machine_cpu import take_snapshot  # noqa: E402
 
 # Models defined here travel to workers by value (workers cannot import this test module).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -194,7 +194,7 @@ def test_backend_equals_serial(config, workload, engine_kwargs, X, serial, no_le
 
 
 def test_serve_requests_go_over_grpc_unless_too_large():
-    from explainers.backends.serve import GRPC_MAX_PAYLOAD_BYTES, GRPC_OPTIONS, request_options
+    from explainers.kernelshap.backends.serve import GRPC_MAX_PAYLOAD_BYTES, GRPC_OPTIONS, request_options
 
     assert request_options(1, 49 * 8, 12 * 2 * 8) == GRPC_OPTIONS  # one Adult instance
     assert request_options(10, 49 * 8, 12 * 2 * 8) == GRPC_OPTIONS
@@ -206,7 +206,7 @@ def test_serve_requests_go_over_grpc_unless_too_large():
 def test_serve_sends_large_requests_as_actor_tasks(serve_mode, monkeypatch, workload, engine_kwargs, X, serial,
                                                    no_leftovers):
     """Requests too large for a replica's gRPC server go by reference, with the same values."""
-    from explainers.backends import serve as serve_backend
+    from explainers.kernelshap.backends import serve as serve_backend
 
     chosen: list[dict] = []
 
@@ -225,7 +225,7 @@ def test_serve_sends_large_requests_as_actor_tasks(serve_mode, monkeypatch, work
 
 def test_serve_replicas_start_with_their_environment(workload, engine_kwargs, no_leftovers):
     """Every replica process has ``REPLICA_ENV_VARS``: Serve runs its methods on its own event loop."""
-    from explainers.backends.serve import REPLICA_ENV_VARS
+    from explainers.kernelshap.backends.serve import REPLICA_ENV_VARS
 
     explainer = DistributedKernelShap(workload.predict_proba, **engine_kwargs, backend="serve", workers=2,
                                       progress=False)
@@ -242,7 +242,7 @@ def test_pool_keeps_the_next_minibatch_queued_on_each_actor(monkeypatch, workloa
     """Each actor gets ``TASKS_PER_ACTOR`` minibatches at once, never more unfinished."""
     from ray.util import ActorPool
 
-    from explainers.backends import pool as pool_backend
+    from explainers.kernelshap.backends import pool as pool_backend
 
     sent: dict = {}  # actor id -> its tasks' refs
     most: dict = {}  # actor id -> most unfinished tasks seen when one was sent
@@ -327,8 +327,8 @@ def test_router_splits_a_burst_evenly(no_leftovers):
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
-    from explainers.backends.serve import ensure_serve, wait_routable
-    from explainers.backends.serve_router import ROUTER_PATH
+    from explainers.kernelshap.backends.serve import ensure_serve, wait_routable
+    from explainers.kernelshap.backends.serve_router import ROUTER_PATH
 
     ensure_serve()
     app = serve.deployment(ReplicaName).options(
@@ -497,7 +497,7 @@ class _Response:
 def test_serve_resends_the_requests_a_dead_replica_took():
     """The requests that fail because their replica died are sent again, once per death, and
     every answer is placed once."""
-    from explainers.backends.serve import _collect
+    from explainers.kernelshap.backends.serve import _collect
 
     deaths = {1: 1, 3: 2}  # item -> how many sends die before one answers
     sent: list[int] = []
@@ -517,8 +517,8 @@ def test_serve_resends_the_requests_a_dead_replica_took():
 
 def test_serve_gives_up_on_requests_that_keep_dying():
     """A request lost on every one of its ``max_retries`` re-sends raises ``WorkerLostError``."""
-    from explainers.backends._common import WorkerLostError
-    from explainers.backends.serve import _collect
+    from explainers.kernelshap.backends.common import WorkerLostError
+    from explainers.kernelshap.backends.serve import _collect
 
     def send(item: int) -> _Response:
         return _Response(error=ray.exceptions.ActorDiedError()) if item == 2 else _Response(np.zeros(2))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from explainers import KernelShap
-from explainers.coalitions import full_plan, sampled_plan, solve_operator
+from explainers.kernelshap.coalitions import full_plan, sampled_plan, solve_operator
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from explainers import DistributedKernelShap, KernelShap
-from explainers.chunking import CALIBRATION_BUDGET_S, CHUNK_ROW_CANDIDATES, ROW_STRATEGIES
-from explainers.distinct_rows import DistinctRows
-from explainers.distributed import CpuKernelWarning
-from explainers.threads import cpu_kernel
+from explainers.kernelshap.chunking import CALIBRATION_BUDGET_S, CHUNK_ROW_CANDIDATES, ROW_STRATEGIES
+from explainers.kernelshap.distinct_rows import DistinctRows
+from explainers.kernelshap.distributed import CpuKernelWarning
+from explainers.kernelshap.threads import cpu_kernel
 
 shap = pytest.importorskip("shap")
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from explainers import KernelShap
-from explainers.coalitions import plan_bytes, sampled_plan, take_draws
+from explainers.kernelshap.coalitions import plan_bytes, sampled_plan, take_draws
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ pytest.importorskip("kubernetes_validate")
 from packaging.requirements import Requirement  # noqa: E402
 from packaging.utils import canonicalize_name  # noqa: E402
 
-from explainers import k8s  # noqa: E402
+from explainers.cluster import kuberay as k8s  # noqa: E402
 from test_k8s_manifests import (  # noqa: E402
     K8S, KUSTOMIZATIONS, ROOT, rayclusters, render, templates, validate_builtin)
 

@@ -32,13 +32,13 @@ from test_k8s_attach import (  # noqa: E402,F401 - fixtures re-used: api, env, r
     ray_head,
 )
 
-from explainers.k8s import connect_k8s  # noqa: E402
+from explainers.cluster.kuberay import connect_k8s  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = textwrap.dedent("""
     import json, sys, threading, time
-    from explainers.k8s import PortForward
+    from explainers.cluster.kuberay import PortForward
 
     def open_forward():
         pf = PortForward("kernelshap-head-svc", 10001, "default", timeout=20)

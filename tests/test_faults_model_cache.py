@@ -20,9 +20,9 @@ import warnings
 import numpy as np
 import pytest
 
-from explainers import adult
-from explainers.adult import load_workload
-from explainers.datasets import ADULT_FILES
+from explainers.workloads import adult
+from explainers.workloads.adult import load_workload
+from explainers.workloads.adult_files import ADULT_FILES
 
 KEY_ENV = "EXPLAINERS_CACHE_KEY_FILE"
 

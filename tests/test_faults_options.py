@@ -2,7 +2,7 @@
 
 Before, ``--n-instances 99999`` was accepted at configure time and every test that used
 ``explain_instances`` errored from inside the fixture. The plugin now checks it against the
-number of rows the Adult workload explains (``explainers.adult.N_EXPLAIN``, fixed by the
+number of rows the Adult workload explains (``explainers.workloads.adult.N_EXPLAIN``, fixed by the
 recipe: rows 30001..32560 of the permuted data) when pytest configures, without loading
 the data.
 """
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from explainers import adult
+from explainers.workloads import adult
 
 pytest_plugins = ["pytester"]
 

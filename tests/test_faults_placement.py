@@ -25,8 +25,8 @@ from test_distributed import wait_until  # noqa: E402
 
 ray = pytest.importorskip("ray")
 
-import explainers.distributed as distributed  # noqa: E402
-from explainers.distributed import DistributedKernelShap  # noqa: E402
+import explainers.kernelshap.distributed as distributed  # noqa: E402
+from explainers.kernelshap.distributed import DistributedKernelShap  # noqa: E402
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -1,7 +1,7 @@
 """Faults of a ``ray://`` session against a real ``ray start --head`` (token auth on).
 
 * The head dies in the middle of a call: the call ends in a ``ConnectionError`` naming the
-  address (``explainers.cluster.ClusterConnectionError``), within a bound; the teardown that
+  address (``explainers.cluster.session.ClusterConnectionError``), within a bound; the teardown that
   follows (``ray.kill`` of an actor, as the plugin's in-cluster driver does it, then
   ``ClusterSession.close()``) starts no local Ray and raises nothing unrelated.
 * A token-protected head without a token, with a wrong token, and a port where nothing
@@ -32,7 +32,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from explainers import cluster  # noqa: E402
-from explainers.k8s import probe_ray_client  # noqa: E402
+from explainers.cluster.kuberay import probe_ray_client  # noqa: E402
 
 #: the processes a local Ray (``ray.init()`` starting a head) runs on this machine
 LOCAL_RAY_NAMES = ("raylet", "gcs_server")

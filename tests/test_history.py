@@ -1,4 +1,4 @@
-"""explainers.history: one row per saved run of perf/test_backends.py, and its targets."""
+"""explainers.bench.history: one row per saved run of perf/test_backends.py, and its targets."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from explainers.history import TARGETS, load_history, main, render_history
+from explainers.bench.history import TARGETS, load_history, main, render_history
 
 SERIAL_S = 4.0
 

@@ -30,8 +30,8 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
-from explainers import k8s  # noqa: E402
-from explainers.k8s import K8sError, connect_k8s  # noqa: E402
+from explainers.cluster import kuberay as k8s  # noqa: E402
+from explainers.cluster.kuberay import K8sError, connect_k8s  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_KUBECTL_DIR = Path(__file__).resolve().parent / "fake_kubectl"
@@ -285,7 +285,7 @@ def test_attach_runs_a_task_and_tears_down(ray_head, env, api, tmp_path, monkeyp
         assert conn.address == f"ray://127.0.0.1:{pf.local_port}"
         assert conn.token == TOKEN  # read from the Secret the RayCluster names
         assert conn.head.name == f"{CLUSTER}-head-svc" and conn.head.ray_client_port == 10001
-        conn.connect(log_to_driver=False)  # as explainers.cluster calls it
+        conn.connect(log_to_driver=False)  # as explainers.cluster.session calls it
         assert conn.versions["ray"] == ray.__version__
         assert tuple(conn.versions["python"]) == tuple(sys.version_info[:2])
         assert conn.versions["explainers"] is not None

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from explainers import k8s
+from explainers.cluster import kuberay as k8s
 
 pytestmark = pytest.mark.k8s
 

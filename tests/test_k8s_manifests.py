@@ -28,7 +28,7 @@ import yaml
 jsonschema = pytest.importorskip("jsonschema")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
-from explainers import k8s  # noqa: E402
+from explainers.cluster import kuberay as k8s  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from explainers import KernelShap
-from explainers.bare_processes import BareProcesses
-from explainers.machine_cpu import (
+from explainers.bench.bare_processes import BareProcesses
+from explainers.bench.machine_cpu import (
     CpuPerRound,
     CpuSnapshot,
     cpu_by_role,

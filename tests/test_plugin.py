@@ -1,4 +1,4 @@
-"""The pytest plugin (``explainers.pytest_plugin``) and the scaling suite, through pytester.
+"""The pytest plugin (``explainers.bench.plugin``) and the scaling suite, through pytester.
 
 Most tests run an inner pytest session in-process without starting Ray (option parsing,
 ini twins, ids, header, the serial-equality assertion, the ``--benchmark-compare-fail``
@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from explainers.pytest_plugin import (
+from explainers.bench.plugin import (
     OPTIONS,
     ScalingConfig,
     default_workers,
@@ -37,7 +37,7 @@ SUITE = REPO / "perf" / "test_scaling.py"
 @pytest.fixture(scope="module")
 def model_cache(tmp_path_factory, adult_workload) -> Path:
     """A model cache shared by the inner sessions (so each does not refit the model)."""
-    from explainers.adult import load_workload
+    from explainers.workloads.adult import load_workload
 
     cache = tmp_path_factory.mktemp("models")
     load_workload(adult_workload.data_path.parent, cache_dir=cache)
@@ -265,7 +265,7 @@ def test_serial_baseline_is_moved_first(pytester):
     pytester.makepyfile(
         """
         import pytest
-        from explainers.pytest_plugin import ScalingConfig
+        from explainers.bench.plugin import ScalingConfig
 
         def test_before():
             pass
@@ -560,7 +560,7 @@ def test_remote_address_runs_the_work_inside_the_cluster(pytester, inner_env):
     """``--ray-address ray://...``: the pool and Serve run in a task inside the cluster."""
     from ray.cluster_utils import Cluster
 
-    from explainers.k8s import free_port
+    from explainers.cluster.kuberay import free_port
 
     port = free_port()
     cluster = Cluster()
@@ -591,7 +591,7 @@ def test_placement_timeout_reaches_the_explainers(pytester):
     pytester.makepyfile(
         """
         from types import SimpleNamespace
-        from explainers.pytest_plugin import ExplainerFactory, ScalingConfig
+        from explainers.bench.plugin import ExplainerFactory, ScalingConfig
 
         def test_x(kernelshap_ray):
             workload = SimpleNamespace(predict_proba=len, background=None, groups=None, group_names=None)
@@ -611,7 +611,7 @@ def test_a_configuration_that_cannot_be_placed_is_skipped_with_the_reason(pytest
     test with its message; any other error still fails it."""
     pytester.makepyfile(
         """
-        from explainers.backends import PlacementError
+        from explainers.kernelshap.backends import PlacementError
 
         class TaskError(RuntimeError):  # what Ray Client raises: the remote error as .cause
             def __init__(self, cause):

@@ -1,4 +1,4 @@
-"""Tests of the scaling report (explainers/report.py) on a small committed results file.
+"""Tests of the scaling report (explainers/bench/report.py) on a small committed results file.
 
 ``tests/data/benchmark_results_small.json`` is real pytest-benchmark output (see
 ``tests/data/make_benchmark_results_small.py``); every expectation below is computed from
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from explainers import report
-from explainers.report import ReportError, ReportWarning, build_report, load_results, write_report
+from explainers.bench import report
+from explainers.bench.report import ReportError, ReportWarning, build_report, load_results, write_report
 
 SMALL = Path(__file__).parent / "data" / "benchmark_results_small.json"
 PANEL_ORDER = ["pool", "serve-ray", "serve-default", "data"]
@@ -190,7 +190,7 @@ def test_speedup_figure_has_ideal_lines(built):
 
 
 def _packaged_reference_speedups(setting: str) -> dict[int, float]:
-    text = (Path(report.__file__).parent / "data" / "reference_results.csv").read_text()
+    text = (Path(report.__file__).parents[1] / "data" / "reference_results.csv").read_text()
     rows = list(csv.DictReader(io.StringIO("\n".join(
         ln for ln in text.splitlines() if not ln.startswith("#")))))
     serial = float(next(r for r in rows if r["setting"] == "serial")["batch_1"])
@@ -414,7 +414,7 @@ def test_without_serial_baseline_there_is_no_speedup_figure(tmp_path):
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "explainers.report", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "explainers.bench.report", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from explainers.backends.serve_router import LeastOutstandingRouter  # noqa: E402
+from explainers.kernelshap.backends.serve_router import LeastOutstandingRouter  # noqa: E402
 
 
 @dataclass(frozen=True)

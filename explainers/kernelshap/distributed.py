@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import ray
 
-from explainers.backends._common import (
+from explainers.kernelshap.backends.common import (
     DEFAULT_PLACEMENT_TIMEOUT_S,
     Assembler,
     BackendConfig,
@@ -27,9 +27,9 @@ from explainers.backends._common import (
     WorkerLostError,
     WorkerStartError,
 )
-from explainers.coalition_cache import DEFAULT_REUSE_CACHE_BYTES
-from explainers.engine import DEFAULT_MAX_PLAN_BYTES, KernelShap
-from explainers.threads import DEFAULT_MODEL_THREADS, cluster_cpu_kernels, cpu_kernel
+from explainers.kernelshap.coalition_cache import DEFAULT_REUSE_CACHE_BYTES
+from explainers.kernelshap.engine import DEFAULT_MAX_PLAN_BYTES, KernelShap
+from explainers.kernelshap.threads import DEFAULT_MODEL_THREADS, cluster_cpu_kernels, cpu_kernel
 
 #: seconds each node has to name its CPU kernel when workers start on a cluster of several
 KERNEL_PROBE_TIMEOUT_S = 30.0
@@ -67,7 +67,7 @@ def _positive_int(name: str, value: Any) -> int:
 class DistributedKernelShap:
     """KernelSHAP explanations computed by Ray workers.
 
-    Parameters are those of :class:`explainers.engine.KernelShap` plus:
+    Parameters are those of :class:`explainers.kernelshap.engine.KernelShap` plus:
 
     backend: ``"pool"`` (Ray actors in a ``ActorPool``), ``"serve"`` (a Ray Serve
         deployment) or ``"data"`` (Ray Data ``map_batches`` on an actor pool).
@@ -93,7 +93,7 @@ class DistributedKernelShap:
         as long as it lives (across the calls between ``start()`` and ``stop()``).
 
     Values equal the serial engine's bit for bit where the workers run on the same CPU kernel
-    as this process (:func:`explainers.threads.cpu_kernel`). When the workers start, a node of
+    as this process (:func:`explainers.kernelshap.threads.cpu_kernel`). When the workers start, a node of
     another kernel is a :class:`CpuKernelWarning` naming it (values computed there may differ
     from this process's in the last bits); ``last_run["cpu_kernels"]`` lists them.
 
@@ -232,7 +232,7 @@ class DistributedKernelShap:
         Never starts a local Ray: over a ``ray://`` connection whose head died, the workers
         are gone with it and are only forgotten.
         """
-        from explainers.ray_client import no_auto_init, ray_connected
+        from explainers.cluster.ray_client import no_auto_init, ray_connected
 
         with no_auto_init():
             if ray_connected():
@@ -388,7 +388,7 @@ class DistributedKernelShap:
 def _backend_module(name: str) -> Any:
     from importlib import import_module
 
-    return import_module(f"explainers.backends.{name}")
+    return import_module(f"explainers.kernelshap.backends.{name}")
 
 
 @ray.remote(num_cpus=0, max_retries=0)

@@ -15,7 +15,7 @@ import numpy as np
 import ray
 from ray.util import ActorPool
 
-from explainers.backends._common import (
+from explainers.kernelshap.backends.common import (
     READY_TIMEOUT_S,
     Assembler,
     BackendConfig,

@@ -18,7 +18,7 @@ matplotlib (Agg canvas, no display needed, pyplot never imported):
 
 Python API: :func:`load_results`, :func:`build_report`, :func:`write_report` (for the
 pytest plugin: takes the in-memory ``output_json`` of pytest-benchmark) and
-:func:`load_reference`. Command line: ``python -m explainers.report --help``.
+:func:`load_reference`. Command line: ``python -m explainers.bench.report --help``.
 """
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ class Record:
     processes_speedup: float | None = None
     vs_processes: float | None = None
     #: ``perf/test_backends.py`` on a local cluster: the share of the driver and Ray's own
-    #: processes in the machine's CPU per call (``explainers.machine_cpu``)
+    #: processes in the machine's CPU per call (``explainers.bench.machine_cpu``)
     overhead_cpu_share: float | None = None
 
     @property
@@ -782,7 +782,7 @@ def _fmt(x: Any, spec: str = "") -> str:
 
 #: shown when a table's records measured the plain-process ceiling (``perf/test_backends.py``)
 CEILING_COLUMNS = ("plain processes speedup", "share of plain processes")
-#: shown when a table's records accounted the machine's CPU per call (``explainers.machine_cpu``)
+#: shown when a table's records accounted the machine's CPU per call (``explainers.bench.machine_cpu``)
 OVERHEAD_COLUMN = "driver + Ray CPU share"
 
 
@@ -954,7 +954,7 @@ def write_report(session: Mapping[str, Any] | str | Path, out_dir: str | Path, *
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m explainers.report",
+        prog="python -m explainers.bench.report",
         description="Figures (PNG) and a Markdown table from saved pytest-benchmark results of the "
                     "distributed-kernelshap scaling suite (perf/test_scaling.py).",
         epilog="RESULTS: JSON files are always used. Directories are searched recursively for *.json "

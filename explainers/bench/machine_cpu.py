@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 
 import psutil
 
-#: the classes whose actors do the explaining (``explainers.backends``)
+#: the classes whose actors do the explaining (``explainers.kernelshap.backends``)
 WORKER_CLASSES = ("KernelShapPoolWorker", "KernelShapDataWorker", "KernelShapReplica")
 ROLES = ("workers", "driver", "ray", "other")
 

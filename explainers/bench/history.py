@@ -1,7 +1,7 @@
 """The backends' ratios in every saved run, one row per run, with the targets each met.
 
 Reads pytest-benchmark's saved runs (``.benchmarks/<machine id>/NNNN_*.json``, as
-:mod:`explainers.report` does, every run) and, from each run of ``perf/test_backends.py``,
+:mod:`explainers.bench.report` does, every run) and, from each run of ``perf/test_backends.py``,
 takes the speedups of the plain processes and of every backend at 1 and 2 workers, each
 backend's share of the plain processes in the same minutes (``vs_processes``), and the
 headline of ``perf/test_mission.py`` if the run has it. It writes one Markdown table row per
@@ -14,8 +14,8 @@ run, oldest first, and checks the backends' targets (:data:`TARGETS`) in each:
 
 A shared machine moves these from run to run; the table shows by how much. Command line::
 
-    python -m explainers.history                      # .benchmarks/ -> stdout
-    python -m explainers.history .benchmarks --out docs/report/history.md
+    python -m explainers.bench.history                      # .benchmarks/ -> stdout
+    python -m explainers.bench.history .benchmarks --out docs/report/history.md
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from explainers.report import DEFAULT_RESULTS, ReportError, ReportWarning, _collect_runs, _Run
+from explainers.bench.report import DEFAULT_RESULTS, ReportError, ReportWarning, _collect_runs, _Run
 
 __all__ = ["RunRatios", "Target", "TARGETS", "load_history", "render_history", "main"]
 
@@ -107,7 +107,7 @@ TARGETS: tuple[Target, ...] = (
 def _ratios(run: _Run) -> RunRatios | None:
     """The run's backend ratios; None if it has no ``perf/test_backends.py`` results.
 
-    The backends' rows are the report's :class:`~explainers.report.Record`; the plain
+    The backends' rows are the report's :class:`~explainers.bench.report.Record`; the plain
     processes' rows, which the report leaves out, are read from the run's JSON.
     """
     backends = [r for r in run.records if BACKENDS_SUITE in r.fullname and r.panel in PANELS]
@@ -161,7 +161,7 @@ def _cell(run: RunRatios, panel: str, workers: int) -> str:
 def render_history(history: Sequence[RunRatios]) -> str:
     """The Markdown table: one row per run, then which targets it met."""
     lines = ["# The backends, run by run", "",
-             "`perf/test_backends.py` in every saved run (`python -m explainers.history`): speedup = "
+             "`perf/test_backends.py` in every saved run (`python -m explainers.bench.history`): speedup = "
              "serial time on one core / time, each the fastest of its rounds, the serial rounds timed "
              "between the backend's. In brackets at 2 workers, the share of the plain processes (no "
              "Ray) timed in the same minutes. Serve / pool = Serve's time / the pool's at 2 workers. "
@@ -190,7 +190,7 @@ def render_history(history: Sequence[RunRatios]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m explainers.history",
+        prog="python -m explainers.bench.history",
         description="One Markdown table row per saved run of perf/test_backends.py: the backends' "
                     "speedups, their share of the plain processes, Serve against the pool, the "
                     "headline, and which targets each run met.")

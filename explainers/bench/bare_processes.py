@@ -24,7 +24,7 @@ def _load(engine_bytes: bytes) -> None:
     global _engine, _limits
     import pickle
 
-    from explainers.backends._common import limit_blas_threads
+    from explainers.kernelshap.backends.common import limit_blas_threads
 
     _limits = limit_blas_threads(1)
     _engine = pickle.loads(engine_bytes)

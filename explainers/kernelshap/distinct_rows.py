@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explainers.coalitions import coalition_codes
+from explainers.kernelshap.coalitions import coalition_codes
 
 #: bytes of representatives and counts kept per engine by default (4094 Adult coalitions: ~3 MB)
 DEFAULT_DISTINCT_CACHE_BYTES = 64 * 2**20

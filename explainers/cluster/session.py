@@ -97,7 +97,7 @@ def split_cpus(total: int, nodes: int) -> list[int]:
 
 @dataclass
 class K8sOptions:
-    """How to reach a KubeRay cluster (see ``explainers.k8s``)."""
+    """How to reach a KubeRay cluster (see ``explainers.cluster.kuberay``)."""
 
     namespace: str = "default"
     cluster: str = "kernelshap"
@@ -113,9 +113,9 @@ class ClusterSession:
     address: str
     started: bool
     _cluster: Any = None  # ray.cluster_utils.Cluster when we started several local nodes
-    _k8s: Any = None  # explainers.k8s connection when mode == "k8s"
+    _k8s: Any = None  # explainers.cluster.kuberay connection when mode == "k8s"
     _info: dict[str, Any] | None = None
-    _auth: Any = None  # explainers.ray_client.RayAuthEnv of a ``ray://`` connection
+    _auth: Any = None  # explainers.cluster.ray_client.RayAuthEnv of a ``ray://`` connection
     _auto_connect: Any = None  # Ray's auto-init setting before this remote session
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -132,7 +132,7 @@ class ClusterSession:
 
     @property
     def k8s(self) -> Any:
-        """The ``explainers.k8s`` connection (``None`` unless ``mode == "k8s"``)."""
+        """The ``explainers.cluster.kuberay`` connection (``None`` unless ``mode == "k8s"``)."""
         return self._k8s
 
     def refresh(self) -> dict[str, Any]:
@@ -291,7 +291,7 @@ def connect(
         CPUs in total, default all of this machine's, split between the nodes);
         ``"auto"``: attach to the cluster already running on this machine;
         ``"ray://HOST:PORT"``: attach through Ray Client; ``"k8s"``: find a KubeRay
-        cluster through ``explainers.k8s`` (``k8s`` options) and attach to it.
+        cluster through ``explainers.cluster.kuberay`` (``k8s`` options) and attach to it.
     nodes, num_cpus, object_store_memory:
         Only for ``local`` (a ``ValueError`` otherwise); ``object_store_memory`` is per node.
 
@@ -414,12 +414,12 @@ def _start_local(
 
 def _connect_k8s(options: K8sOptions, runtime_env: dict[str, Any] | None) -> ClusterSession:
     try:
-        from explainers import k8s as k8s_module
+        from explainers.cluster import kuberay as k8s_module
 
         connect_k8s = k8s_module.connect_k8s
     except (ImportError, AttributeError) as exc:
         raise RuntimeError(
-            "--ray-address k8s needs explainers.k8s.connect_k8s, which is not available "
+            "--ray-address k8s needs explainers.cluster.kuberay.connect_k8s, which is not available "
             f"in this installation ({exc})"
         ) from exc
     conn = connect_k8s(

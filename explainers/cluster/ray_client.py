@@ -1,4 +1,4 @@
-"""Ray Client (``ray://``) plumbing shared by :mod:`explainers.cluster` and :mod:`explainers.k8s`.
+"""Ray Client (``ray://``) plumbing shared by :mod:`explainers.cluster.session` and :mod:`explainers.cluster.kuberay`.
 
 * :func:`init_ray_client`: ``ray.init("ray://...")`` that survives the head's transient
   failures to start a client server.

@@ -1,4 +1,4 @@
-"""Ray backends of :class:`explainers.distributed.DistributedKernelShap`.
+"""Ray backends of :class:`explainers.kernelshap.distributed.DistributedKernelShap`.
 
 Each module exposes ``Workers(engine_ref, config)`` with ``explain(X, assembler) -> dict``
 (puts every row's values of ``X`` (n, D) into ``assembler``; returns run facts) and
@@ -6,7 +6,7 @@ Each module exposes ``Workers(engine_ref, config)`` with ``explain(X, assembler)
 ``close()`` (nothing of it left running afterwards).
 """
 
-from explainers.backends._common import (  # noqa: E402 (no Ray import: safe for the plugin)
+from explainers.kernelshap.backends.common import (  # noqa: E402 (no Ray import: safe for the plugin)
     DEFAULT_PLACEMENT_TIMEOUT_S,
     PlacementError,
     WorkerStartError,

@@ -39,8 +39,8 @@ from typing import Any, Iterator
 import numpy as np
 import ray
 
-from explainers.backends import _common
-from explainers.backends._common import (
+from explainers.kernelshap.backends import common
+from explainers.kernelshap.backends.common import (
     Assembler,
     BackendConfig,
     ExplanationError,
@@ -54,7 +54,7 @@ from explainers.backends._common import (
 )
 
 #: once placed, how long the map actors may take to start (see ``placement_timeout_s``)
-READY_TIMEOUT_S = _common.READY_TIMEOUT_S
+READY_TIMEOUT_S = common.READY_TIMEOUT_S
 CLOSE_TIMEOUT_S = 60.0
 #: how often a reader with nothing to do says so while a call is in progress (see
 #: :meth:`MinibatchQueue.take`)

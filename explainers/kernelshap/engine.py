@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from explainers.chunking import ROW_STRATEGIES, ChunkChoice, candidates, choose_chunk_rows
-from explainers.coalition_cache import DEFAULT_REUSE_CACHE_BYTES, CoalitionValueCache
-from explainers.coalitions import (
+from explainers.kernelshap.chunking import ROW_STRATEGIES, ChunkChoice, candidates, choose_chunk_rows
+from explainers.kernelshap.coalition_cache import DEFAULT_REUSE_CACHE_BYTES, CoalitionValueCache
+from explainers.kernelshap.coalitions import (
     CoalitionPlan,
     full_plan,
     max_coalitions,
@@ -33,8 +33,8 @@ from explainers.coalitions import (
     sampled_plan,
     solve_operator,
 )
-from explainers.distinct_rows import DEFAULT_DISTINCT_CACHE_BYTES, DistinctRows, RowSet, take
-from explainers.threads import DEFAULT_MODEL_THREADS, check_model_threads, cpu_kernel, limited_threads
+from explainers.kernelshap.distinct_rows import DEFAULT_DISTINCT_CACHE_BYTES, DistinctRows, RowSet, take
+from explainers.kernelshap.threads import DEFAULT_MODEL_THREADS, check_model_threads, cpu_kernel, limited_threads
 
 Predict = Callable[[np.ndarray], Any]
 
@@ -256,11 +256,11 @@ class KernelShap:
     chunk_rows:
         Synthetic rows per model call (memory is bounded by this, not by the instance count):
         ``"auto"`` (default) measures, once, which of 4096-65536 rows is fastest on this CPU
-        for this model (under 1 s; see :mod:`explainers.chunking`); ``chunk_rows_`` is the
+        for this model (under 1 s; see :mod:`explainers.kernelshap.chunking`); ``chunk_rows_`` is the
         size used and ``chunk_choice_`` how it was chosen. An int is used as given.
     row_strategy:
         ``"distinct"``: the model sees each distinct synthetic row of a coalition once, weighted
-        by the background rows it stands for (:mod:`explainers.distinct_rows`); ``"dense"``:
+        by the background rows it stands for (:mod:`explainers.kernelshap.distinct_rows`); ``"dense"``:
         every row (cheaper where one model row costs less than gathering one, as for a
         logistic regression); ``"auto"`` (default): whichever is faster here, measured with
         ``chunk_rows`` (``row_strategy_`` is the one used).
@@ -371,7 +371,7 @@ class KernelShap:
             self.chunk_choice_: ChunkChoice = self._choose_chunk_rows()
         self.chunk_rows_ = self.chunk_choice_.rows
         self.row_strategy_ = self.chunk_choice_.strategy
-        #: the CPU kernel the values depend on, where the engine was built (see :mod:`explainers.threads`)
+        #: the CPU kernel the values depend on, where the engine was built (see :mod:`explainers.kernelshap.threads`)
         self.cpu_kernel_ = cpu_kernel()
         self._reuse = (
             CoalitionValueCache(self._column_player, self._output.width, self.reuse_cache_bytes)
@@ -562,7 +562,7 @@ class KernelShap:
 
     def _choose_chunk_rows(self) -> ChunkChoice:
         """``chunk_rows`` and ``row_strategy`` as given, or measured on this CPU for this model
-        (see :mod:`explainers.chunking`)."""
+        (see :mod:`explainers.kernelshap.chunking`)."""
         x = self.background[0]
         plan, players = self._plan(x, 0)
         strategies = list(ROW_STRATEGIES) if self.row_strategy == "auto" else [self.row_strategy]

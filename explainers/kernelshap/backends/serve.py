@@ -19,7 +19,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.schema import LoggingConfig
 
-from explainers.backends._common import (
+from explainers.kernelshap.backends.common import (
     READY_TIMEOUT_S,
     Assembler,
     BackendConfig,
@@ -37,7 +37,7 @@ from explainers.backends._common import (
     root_cause,
     start_error,
 )
-from explainers.backends.serve_router import ROUTER_PATH
+from explainers.kernelshap.backends.serve_router import ROUTER_PATH
 
 DEPLOYMENT_NAME = "KernelShapReplica"
 BATCH_WAIT_TIMEOUT_S = 0.01

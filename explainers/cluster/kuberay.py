@@ -366,7 +366,7 @@ def probe_ray_client(host: str, port: int, token: Optional[str], *, timeout: flo
                      what: str = "Ray Client server") -> None:
     """Wait until the Ray Client server at ``host:port`` answers a PING (gRPC).
 
-    :func:`explainers.ray_client.probe_ray_client` with :class:`K8sError` and the token help
+    :func:`explainers.cluster.ray_client.probe_ray_client` with :class:`K8sError` and the token help
     of a RayCluster (its Secret): raises at once on UNAUTHENTICATED (missing / wrong token)
     and after ``timeout`` s when it never answers.
     """

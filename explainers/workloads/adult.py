@@ -88,7 +88,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from explainers.datasets import ADULT_FILES, APP_NAME, DatasetChecksumError, ensure_adult_files, resolve_dir
+from explainers.workloads.adult_files import ADULT_FILES, APP_NAME, DatasetChecksumError, ensure_adult_files, resolve_dir
 
 __all__ = [
     "AdultWorkload",
@@ -294,7 +294,7 @@ def load_workload(
     ----------
     data_dir:
         Directory of the UCI Adult files (else ``$ADULT_DATA_DIR``, else the user cache;
-        missing files are downloaded and verified, see :mod:`explainers.datasets`).
+        missing files are downloaded and verified, see :mod:`explainers.workloads.adult_files`).
     cache_dir:
         Directory of the fitted-model cache (else ``$EXPLAINERS_CACHE_DIR``, else the
         user cache). Ignored when ``use_cache`` is False.
@@ -316,7 +316,7 @@ def load_workload(
 
     Raises
     ------
-    explainers.datasets.DatasetError
+    explainers.workloads.adult_files.DatasetError
         The data files are missing and cannot be downloaded, or fail verification.
     ModelCacheKeyError
         ``use_cache`` and the cache's signing-key file is unsafe (see the module docstring).

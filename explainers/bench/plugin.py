@@ -28,9 +28,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pytest
 
-from explainers.backends import DEFAULT_PLACEMENT_TIMEOUT_S, PlacementError
-from explainers.cluster import ADDRESS_FORMS, ClusterSession, K8sOptions, address_mode, ray_version
-from explainers.ray_client import connection_guard, teardown_call
+from explainers.kernelshap.backends import DEFAULT_PLACEMENT_TIMEOUT_S, PlacementError
+from explainers.cluster.session import ADDRESS_FORMS, ClusterSession, K8sOptions, address_mode, ray_version
+from explainers.cluster.ray_client import connection_guard, teardown_call
 
 GROUP_NAME = "kernelshap-ray"
 GROUP_DESCRIPTION = "distributed-kernelshap: Ray cluster and scaling grid"
@@ -339,7 +339,7 @@ class PluginOptions:
         n_raw, runs_raw = _raw(config, "--n-instances"), _raw(config, "--nruns")
         n_instances = _int("--n-instances", n_raw) if n_raw is not None else DEFAULT_N_INSTANCES
         if n_raw is not None:  # checked here, once, not by every test's fixture
-            from explainers.adult import N_EXPLAIN  # fixed by the recipe: no data is loaded
+            from explainers.workloads.adult import N_EXPLAIN  # fixed by the recipe: no data is loaded
 
             if n_instances > N_EXPLAIN:
                 raise pytest.UsageError(
@@ -398,7 +398,7 @@ class KernelShapRaySession:
     def connect(self) -> ClusterSession:
         """Connect (or start) the cluster once; later calls return the same session."""
         if self.cluster is None or self.cluster.closed:
-            from explainers.cluster import connect
+            from explainers.cluster.session import connect
 
             opts = self.options
             self.cluster = connect(
@@ -484,7 +484,7 @@ class KernelShapRaySession:
         """Grow the KubeRay worker group until the cluster has ``needed_cpus`` Ray CPUs."""
         ensure_cpus = getattr(cluster.k8s, "ensure_cpus", None)
         if not callable(ensure_cpus):
-            pytest.skip("explainers.k8s cannot scale this cluster (its connection has no ensure_cpus)")
+            pytest.skip("explainers.cluster.kuberay cannot scale this cluster (its connection has no ensure_cpus)")
         self._k8s_scaled = True
         ensure_cpus(needed_cpus)
 
@@ -707,13 +707,13 @@ class ExplainerFactory:
         if isinstance(config, str):
             config = ScalingConfig(config, **overrides)
         if not config.distributed:
-            from explainers.engine import KernelShap
+            from explainers.kernelshap.engine import KernelShap
 
             return SerialExplainer(KernelShap(**self.engine_kwargs()))
         cluster = self.session.connect()
         if cluster.is_remote:
             return InClusterExplainer(self.kwargs(config), cluster.address)
-        from explainers.distributed import DistributedKernelShap
+        from explainers.kernelshap.distributed import DistributedKernelShap
 
         return DistributedKernelShap(**self.kwargs(config))
 
@@ -736,7 +736,7 @@ class SerialExplainer:
 
 
 class InClusterExplainer:
-    """``explain(X)`` through an :class:`explainers.distributed.InClusterDriver` actor: the
+    """``explain(X)`` through an :class:`explainers.kernelshap.distributed.InClusterDriver` actor: the
     backend runs inside the cluster (Serve handles do not work over Ray Client), its workers
     start once in :meth:`start`, and ``seconds`` lists the in-cluster time of each call (the
     benchmark also times the client round trip).
@@ -751,7 +751,7 @@ class InClusterExplainer:
     def start(self) -> "InClusterExplainer":
         import ray
 
-        from explainers.distributed import InClusterDriver
+        from explainers.kernelshap.distributed import InClusterDriver
 
         if self._driver is None:
             with connection_guard(self.address):
@@ -918,7 +918,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     )
     fill_speedups(output)
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    from explainers.report import ReportError, write_report
+    from explainers.bench.report import ReportError, write_report
 
     try:
         result = write_report(output, ks.options.report_dir)
@@ -951,8 +951,8 @@ def ray_cluster(kernelshap_ray: KernelShapRaySession) -> Iterable[ClusterSession
 
 @pytest.fixture(scope="session")
 def adult_workload() -> Any:
-    """The reference Adult workload (``explainers.adult.load_workload()``)."""
-    from explainers.adult import load_workload
+    """The reference Adult workload (``explainers.workloads.adult.load_workload()``)."""
+    from explainers.workloads.adult import load_workload
 
     return load_workload()
 

@@ -1,0 +1,1 @@
+"""The bench: the pytest plugin (options, session, fixtures), benchmark records, CPU accounting, reports."""

@@ -1,0 +1,1 @@
+"""The cluster connection: a local Ray, ``auto``, ``ray://`` and a KubeRay cluster."""

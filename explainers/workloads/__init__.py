@@ -1,0 +1,1 @@
+"""Workloads the bench explains: the reference Adult model and any team's own (``--workload``)."""
