@@ -38,6 +38,7 @@ from packaging.requirements import Requirement  # noqa: E402
 from packaging.utils import canonicalize_name  # noqa: E402
 
 from explainers.cluster import kuberay as k8s  # noqa: E402
+from explainers.cluster.kuberay import connection as k8s_connection  # noqa: E402
 from test_k8s_manifests import (  # noqa: E402
     K8S, KUSTOMIZATIONS, ROOT, rayclusters, render, templates, validate_builtin)
 
@@ -363,23 +364,23 @@ def _conn_stub():
 def test_check_versions_rejects_model_library_mismatch(monkeypatch):
     good = {"ray": _ray_version(), "python": PY, "explainers": "0.1.0",
             "numpy": _local("numpy"), "sklearn": _local("scikit-learn"), "node_id": "n"}
-    monkeypatch.setattr(k8s, "cluster_versions", lambda timeout=60.0: dict(good))
+    monkeypatch.setattr(k8s_connection, "cluster_versions", lambda timeout=60.0: dict(good))
     conn = _conn_stub()
     assert k8s.K8sConnection.check_versions(conn)["numpy"] == _local("numpy")
-    monkeypatch.setattr(k8s, "cluster_versions",
+    monkeypatch.setattr(k8s_connection, "cluster_versions",
                         lambda timeout=60.0: {**good, "numpy": "1.26.4"})
     with pytest.raises(k8s.K8sError, match=rf"NumPy 1\.26\.4 on the cluster, "
                                            rf"{re.escape(_local('numpy'))} here"):
         k8s.K8sConnection.check_versions(conn)
-    monkeypatch.setattr(k8s, "cluster_versions",
+    monkeypatch.setattr(k8s_connection, "cluster_versions",
                         lambda timeout=60.0: {**good, "sklearn": "1.5.0"})
     with pytest.raises(k8s.K8sError, match=r"scikit-learn 1\.5\.0 on the cluster"):
         k8s.K8sConnection.check_versions(conn)
     # an explicit expectation, like expected_ray / expected_python
-    monkeypatch.setattr(k8s, "cluster_versions", lambda timeout=60.0: dict(good))
+    monkeypatch.setattr(k8s_connection, "cluster_versions", lambda timeout=60.0: dict(good))
     with pytest.raises(k8s.K8sError, match=r"scikit-learn .* on the cluster, 0\.9\.9 here"):
         k8s.K8sConnection.check_versions(conn, expected_sklearn="0.9.9")
     # opt-out for a cluster that never receives a model
-    monkeypatch.setattr(k8s, "cluster_versions",
+    monkeypatch.setattr(k8s_connection, "cluster_versions",
                         lambda timeout=60.0: {**good, "sklearn": "1.5.0"})
     k8s.K8sConnection.check_versions(conn, check_model_libs=False)

@@ -31,7 +31,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from explainers import cluster  # noqa: E402
+from explainers.cluster import session as cluster  # noqa: E402
 from explainers.cluster.kuberay import probe_ray_client  # noqa: E402
 
 #: the processes a local Ray (``ray.init()`` starting a head) runs on this machine

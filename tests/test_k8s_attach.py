@@ -477,7 +477,7 @@ def test_ray_client_version_error_is_rephrased():
         check_version_info({"ray_version": "2.59.0", "python_version": "3.10.4"},
                            "Ray Client", raise_on_mismatch=True,
                            python_version_match_level="minor")
-    err = k8s._rephrase_init_error(info.value, "ray://127.0.0.1:1")
+    err = k8s.rephrase_init_error(info.value, "ray://127.0.0.1:1")
     assert isinstance(err, K8sError)
     assert re.search(r"Ray 2\.59\.0 on the cluster, .* here; Python 3\.10 on the cluster",
                      str(err))

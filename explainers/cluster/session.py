@@ -15,7 +15,7 @@ import platform
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .ray_client import (
     ClusterConnectionError,
@@ -42,6 +42,9 @@ __all__ = [
     "split_cpus",
     "teardown_call",
 ]
+
+if TYPE_CHECKING:
+    from .kuberay import K8sConnection
 
 #: the values ``address`` may take, for error messages
 ADDRESS_FORMS = "'local', 'auto', 'ray://HOST:PORT' or 'k8s'"
@@ -113,7 +116,7 @@ class ClusterSession:
     address: str
     started: bool
     _cluster: Any = None  # ray.cluster_utils.Cluster when we started several local nodes
-    _k8s: Any = None  # explainers.cluster.kuberay connection when mode == "k8s"
+    _k8s: "K8sConnection | None" = None  # the KubeRay connection when mode == "k8s"
     _info: dict[str, Any] | None = None
     _auth: Any = None  # explainers.cluster.ray_client.RayAuthEnv of a ``ray://`` connection
     _auto_connect: Any = None  # Ray's auto-init setting before this remote session
@@ -131,9 +134,43 @@ class ClusterSession:
         return self._closed
 
     @property
-    def k8s(self) -> Any:
-        """The ``explainers.cluster.kuberay`` connection (``None`` unless ``mode == "k8s"``)."""
+    def k8s(self) -> "K8sConnection | None":
+        """The KubeRay connection (``None`` unless ``mode == "k8s"``)."""
         return self._k8s
+
+    @property
+    def can_scale(self) -> bool:
+        """Whether :meth:`ensure_cpus` can add CPUs (a KubeRay worker group)."""
+        return self._k8s is not None
+
+    def known_info(self) -> dict[str, Any] | None:
+        """:meth:`info` if it was read already, else ``None`` (never contacts the cluster)."""
+        return None if self._info is None else dict(self._info)
+
+    def ensure_cpus(self, cpus: float) -> dict[str, Any]:
+        """Scale the KubeRay worker group up until the cluster has ``cpus`` CPUs; the new :meth:`info`.
+
+        :meth:`close` puts the original replica count back. ``RuntimeError`` off Kubernetes.
+        """
+        if self._k8s is None:
+            raise RuntimeError(f"a {self.mode!r} Ray cluster cannot be scaled; only --ray-address k8s can")
+        self._k8s.ensure_cpus(cpus)
+        return self.refresh()
+
+    def machine_info(self) -> dict[str, Any]:
+        """pytest-benchmark ``machine_info`` fields: ``ray_version``, ``ray_address_mode``,
+        ``ray_nodes``, ``ray_cpus``, ``ray_node_cpus`` and, on Kubernetes, the ``k8s_*`` fields."""
+        info = self.info()
+        out: dict[str, Any] = {
+            "ray_version": info["ray_version"],
+            "ray_address_mode": info["address_mode"],
+            "ray_nodes": info["nodes"],
+            "ray_cpus": info["total_cpus"],
+            "ray_node_cpus": info["cpus_per_node"],
+        }
+        if self._k8s is not None:
+            out.update({k: v for k, v in self._k8s.describe().items() if k.startswith("k8s_")})
+        return out
 
     def refresh(self) -> dict[str, Any]:
         """Re-read nodes and CPUs from the cluster (after scaling) and return :meth:`info`."""
@@ -153,9 +190,7 @@ class ClusterSession:
             alive = [n for n in ray.nodes() if n.get("Alive", n.get("alive", False))]
             per_node = [float(n.get("Resources", {}).get("CPU", 0.0)) for n in alive]
             total = float(ray.cluster_resources().get("CPU", 0.0))
-            k8s_name = None
-            if self._k8s is not None:
-                k8s_name = getattr(self._k8s, "cluster", None)
+            k8s_name = self._k8s.cluster if self._k8s is not None else None
             self._info = {
                 "address_mode": self.mode,
                 "address": self.address,
@@ -183,10 +218,6 @@ class ClusterSession:
         """
         return connection_guard(self.address)
 
-    def node_ids(self) -> list[str]:
-        """Hex ids of the alive nodes."""
-        import ray
-
         return [n["NodeID"] for n in ray.nodes() if n.get("Alive", False)]
 
     # ----------------------------------------------------------------- teardown
@@ -197,6 +228,12 @@ class ClusterSession:
                 return
             self._closed = True
         errors: list[BaseException] = []
+        if self._k8s is not None:  # it restores scaling, disconnects Ray and stops kubectl
+            try:
+                self._k8s.close()
+            except BaseException as exc:  # noqa: BLE001 - keep tearing down
+                errors.append(exc)
+            self._k8s = None
         try:
             import ray
             from ray._private.client_mode_hook import client_mode_should_convert
@@ -219,11 +256,6 @@ class ClusterSession:
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
             self._cluster = None
-        if self._k8s is not None:
-            try:
-                self._k8s.close()
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
         if self._auto_connect is not None:
             _restore_auto_connect(self._auto_connect)
             self._auto_connect = None
@@ -413,28 +445,16 @@ def _start_local(
 
 
 def _connect_k8s(options: K8sOptions, runtime_env: dict[str, Any] | None) -> ClusterSession:
-    try:
-        from explainers.cluster import kuberay as k8s_module
+    from .kuberay import connect_k8s
 
-        connect_k8s = k8s_module.connect_k8s
-    except (ImportError, AttributeError) as exc:
-        raise RuntimeError(
-            "--ray-address k8s needs explainers.cluster.kuberay.connect_k8s, which is not available "
-            f"in this installation ({exc})"
-        ) from exc
     conn = connect_k8s(
         options.namespace, options.cluster, kubeconfig=options.kubeconfig, timeout=options.timeout
     )
     try:
-        import ray
-
         init_kwargs: dict[str, Any] = {"log_to_driver": False}
         if runtime_env is not None:
             init_kwargs["runtime_env"] = runtime_env
-        if callable(getattr(conn, "connect", None)):
-            conn.connect(**init_kwargs)  # ray.init with the token, version and project checks
-        elif not ray.is_initialized():
-            ray.init(address=conn.address, **init_kwargs)
+        conn.connect(**init_kwargs)  # ray.init with the token, version and project checks
     except BaseException:
         conn.close()
         raise
