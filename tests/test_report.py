@@ -288,9 +288,10 @@ def test_foreign_benchmarks_are_skipped_with_a_warning(tmp_path):
     raw = _raw()
     foreign = copy.deepcopy(raw["benchmarks"][0])
     foreign["name"] = "test_someone_elses_code"
-    foreign["extra_info"] = {}
+    foreign["fullname"] = "tests/test_other.py::test_someone_elses_code"
+    foreign["extra_info"] = {"backend": "gpu"}
     raw["benchmarks"].append(foreign)
-    with pytest.warns(ReportWarning, match="test_someone_elses_code.*no extra_info 'backend'"):
+    with pytest.warns(ReportWarning, match="test_someone_elses_code.*skipped, it is not a benchmark of perf/"):
         records = load_results(_write(tmp_path, raw))
     assert len(records) == len(raw["benchmarks"]) - 1
 
@@ -299,7 +300,9 @@ def test_the_plain_process_ceiling_rows_are_left_out_quietly(tmp_path):
     raw = _raw()
     ceiling = copy.deepcopy(raw["benchmarks"][0])
     ceiling["name"] = "test_backend[processes-w2-b10]"
-    ceiling["extra_info"] = {"baseline": "processes", "workers": 2, "batch_size": 10, "speedup": 1.8}
+    ceiling["fullname"] = "perf/test_backends.py::test_backend[processes-w2-b10]"
+    ceiling["extra_info"] = {"baseline": "processes", "workers": 2, "batch_size": 10, "n_instances": 64,
+                             "nsamples": 2072, "speedup": 1.8}
     raw["benchmarks"].append(ceiling)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ReportWarning)

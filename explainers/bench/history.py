@@ -1,7 +1,7 @@
 """The backends' ratios in every saved run, one row per run, with the targets each met.
 
-Reads pytest-benchmark's saved runs (``.benchmarks/<machine id>/NNNN_*.json``, as
-:mod:`explainers.bench.report` does, every run) and, from each run of ``perf/test_backends.py``,
+Reads pytest-benchmark's saved runs (``.benchmarks/<machine id>/NNNN_*.json``, every run,
+through :mod:`explainers.bench.saved_runs`) and, from each run of ``perf/test_backends.py``,
 takes the speedups of the plain processes and of every backend at 1 and 2 workers, each
 backend's share of the plain processes in the same minutes (``vs_processes``), and the
 headline of ``perf/test_mission.py`` if the run has it. It writes one Markdown table row per
@@ -20,21 +20,20 @@ A shared machine moves these from run to run; the table shows by how much. Comma
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from explainers.bench.report import DEFAULT_RESULTS, ReportError, ReportWarning, _collect_runs, _Run
+from explainers.bench.grid import PROCESSES
+from explainers.bench.saved_runs import DEFAULT_RESULTS, ReportError, ReportWarning, SavedRun, collect_runs
+from explainers.kernelshap.backends import SERVE_MODES
 
 __all__ = ["RunRatios", "Target", "TARGETS", "load_history", "render_history", "main"]
 
-BACKENDS_SUITE = "test_backends.py::"
-MISSION_SUITE = "test_mission.py::"
 #: the rows of a run, in the table's order; ``processes`` is the plain-process ceiling
-PANELS = ("processes", "pool", "data", "serve-ray", "serve-default")
+PANELS = (PROCESSES, "pool", "data", "serve-ray", "serve-default")
 PANEL_LABELS = {"processes": "plain processes", "pool": "pool", "data": "Ray Data",
                 "serve-ray": "Serve `ray`", "serve-default": "Serve `default`"}
 
@@ -104,39 +103,24 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
-def _ratios(run: _Run) -> RunRatios | None:
-    """The run's backend ratios; None if it has no ``perf/test_backends.py`` results.
-
-    The backends' rows are the report's :class:`~explainers.bench.report.Record`; the plain
-    processes' rows, which the report leaves out, are read from the run's JSON.
-    """
-    backends = [r for r in run.records if BACKENDS_SUITE in r.fullname and r.panel in PANELS]
-    processes = [b["extra_info"] for b in run.data.get("benchmarks", [])
-                 if BACKENDS_SUITE in str(b.get("fullname", "")) and isinstance(b.get("extra_info"), Mapping)
-                 and b["extra_info"].get("baseline") == "processes"]
-    if not backends and not processes:
+def _ratios(run: SavedRun) -> RunRatios | None:
+    """The run's backend ratios; None if it has no ``perf/test_backends.py`` results."""
+    rows = [b.record for b in run.benchmarks if b.record.suite == "backends" and b.record.label in PANELS]
+    if not rows:
         return None
-    machine, commit = run.data.get("machine_info") or {}, run.data.get("commit_info") or {}
-    cpu = machine.get("cpu") if isinstance(machine.get("cpu"), Mapping) else {}
-    number = re.match(r"(\d+)_", Path(run.source).name)
-    out = RunRatios(source=run.source, run=number.group(1) if number else Path(run.source).stem,
-                    datetime=run.datetime[:16].replace("T", " "), commit=str(commit.get("id") or "?")[:7],
-                    cpu=str(cpu.get("brand_raw") or "?"),
-                    n_instances=backends[0].n_instances if backends else int(processes[0].get("n_instances") or 0))
-    for rec in backends:
+    out = RunRatios(source=run.source, run=run.number, datetime=run.datetime[:16].replace("T", " "),
+                    commit=(run.commit or "?")[:7], cpu=run.cpu or "?", n_instances=rows[0].n_instances)
+    for rec in rows:
         if rec.workers is None:
             continue
         if rec.speedup is not None:
-            out.speedup[(rec.panel, rec.workers)] = rec.speedup
+            out.speedup[(rec.label, rec.workers)] = rec.speedup
         if rec.vs_processes is not None:
-            out.vs_processes[(rec.panel, rec.workers)] = rec.vs_processes
-    for info in processes:
-        if isinstance(info.get("workers"), int) and isinstance(info.get("speedup"), (int, float)):
-            out.speedup[("processes", info["workers"])] = float(info["speedup"])
-    mission = [r for r in run.records if MISSION_SUITE in r.fullname]
-    mission = [r for r in mission if "[reuse]" not in r.fullname] or mission  # the default engine's
+            out.vs_processes[(rec.label, rec.workers)] = rec.vs_processes
+    mission = [b for b in run.benchmarks if b.record.suite == "mission"]
+    mission = [b for b in mission if not b.record.reuse_coalitions] or mission  # the default engine's
     if mission:
-        out.headline_s = min(r.min for r in mission)
+        out.headline_s = min(b.stats.min for b in mission)
     return out
 
 
@@ -145,7 +129,7 @@ def load_history(paths: Iterable[str | Path] | str | Path | None = None) -> list
     oldest first. Raises :class:`ReportError` on a file that is not pytest-benchmark output."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ReportWarning)  # the other suites' benchmarks: not read here
-        runs = _collect_runs(paths, all_runs=True)
+        runs = collect_runs(paths)
     history = [r for r in (_ratios(run) for run in runs) if r is not None]
     return sorted(history, key=lambda r: (r.datetime, r.source))
 
@@ -177,7 +161,7 @@ def render_history(history: Sequence[RunRatios]) -> str:
         cells = [run.run, run.datetime, f"`{run.commit}`", run.cpu, str(run.n_instances)]
         for panel in PANELS:
             cells += [_cell(run, panel, 1), _cell(run, panel, 2)]
-        for mode in ("ray", "default"):
+        for mode in SERVE_MODES:
             ratio = run.serve_time_vs_pool(mode)
             cells.append("—" if ratio is None else f"{ratio:.2f}")
         cells.append("—" if run.headline_s is None else f"{run.headline_s:.1f} s")
