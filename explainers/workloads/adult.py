@@ -89,10 +89,12 @@ from typing import Any, Callable
 import numpy as np
 
 from explainers.workloads.adult_files import ADULT_FILES, APP_NAME, DatasetChecksumError, ensure_adult_files, resolve_dir
+from explainers.workloads.workload import Workload
 
 __all__ = [
     "AdultWorkload",
     "load_workload",
+    "workload",
     "resolve_cache_dir",
     "RAW_COLUMNS",
     "RAW_FEATURES",
@@ -385,6 +387,26 @@ def load_workload(
         cache_path=cache_path,
         from_cache=from_cache,
         load_seconds=time.perf_counter() - start,
+    )
+
+
+def workload() -> Workload:
+    """The reference workload for ``--workload explainers.workloads.adult:workload`` (the default).
+
+    ``predict`` = the model's ``predict_proba`` (``(rows, 49)`` -> ``(rows, 2)``), ``background``
+    ``(100, 49)``, ``X`` = ``X_explain`` ``(2560, 49)``, the 12 groups and their names, link
+    ``"logit"``. Data and model come from :func:`load_workload` with its defaults
+    (``$ADULT_DATA_DIR``, ``$EXPLAINERS_CACHE_DIR``).
+    """
+    adult = load_workload()
+    return Workload(
+        name="adult",
+        predict=adult.predict_proba,
+        background=adult.background,
+        X=adult.X_explain,
+        groups=adult.groups,
+        group_names=adult.group_names,
+        link="logit",
     )
 
 
