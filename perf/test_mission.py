@@ -1,13 +1,19 @@
-"""The headline: exact KernelSHAP for all 2560 Adult instances on this machine's CPUs.
+"""The headline: exact KernelSHAP of the workload's instances on the cluster's CPUs.
 
-The reference study sampled 2072 of the 4094 coalitions and needed 1737 s serially,
-115-125 s on one 32-vCPU machine and 57.3 s on a two-machine Kubernetes cluster. Here
-every coalition is evaluated (the values are the exact Shapley values) by a pool of one
-actor per CPU of the session's cluster, once with the default engine and once with
+Options: ``--workload``, ``--backends`` and ``--serve-modes`` (one benchmark per backend),
+``--workers`` (the largest; default all the cluster's CPUs), ``--batch-sizes`` (the largest),
+``--n-instances`` (``--study``: all 2560 Adult instances), ``--nruns``, ``--progress``,
+``--placement-timeout``. Fixed: exact mode (all ``2**M - 2`` coalitions; skipped above
+``EXACT_MAX_PLAYERS`` players), and each backend runs twice, with the default engine and with
 ``reuse_coalitions=True`` (each worker reuses the coalition values of the instances it has
-explained). Before a time is kept, the values of every 40th instance must equal the serial
-engine's (bit for bit by default, within 1e-12 with reuse) and all of them must satisfy
-efficiency.
+explained).
+
+The reference study sampled 2072 of the 4094 coalitions of Adult and needed 1737 s serially,
+115-125 s on one 32-vCPU machine and 57.3 s on a two-machine Kubernetes cluster (the record
+holds these as ``study_*``). Before a time is kept, the values of every ``SPOT_CHECK_EVERY``-th
+instance must equal the serial engine's (bit for bit by default, within ``REUSE_TOLERANCE``
+with reuse) and all of them must satisfy efficiency: the values of an instance sum to
+link(f(x)) - E[link(f)] within ``EFFICIENCY_TOLERANCE``.
 """
 from __future__ import annotations
 
@@ -17,7 +23,16 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from explainers import DistributedKernelShap, KernelShap
+from explainers.bench.factory import REUSE_TOLERANCE, assert_same_values, close_explainer
+from explainers.bench.grid import EXACT_MAX_PLAYERS, SERIAL, exact_nsamples
+from explainers.bench.records import BenchmarkRecord
+
+#: every how many instances the values are compared with the serial engine's
+SPOT_CHECK_EVERY = 40
+#: efficiency holds up to the rounding of a sum of M values of order 1
+EFFICIENCY_TOLERANCE = 1e-10
+#: the study's workload and instance count, for which its published times are comparable
+STUDY_WORKLOAD, STUDY_INSTANCES = "adult", 2560
 
 
 def _study_seconds() -> dict[str, float]:
@@ -31,55 +46,59 @@ def _study_seconds() -> dict[str, float]:
     return best
 
 
-_seconds: dict[bool, float] = {}
+def _link(values: np.ndarray, link: str) -> np.ndarray:
+    return np.log(values / (1 - values)) if link == "logit" else values
+
+
+_seconds: dict[tuple[str, bool], float] = {}
 
 
 @pytest.mark.parametrize("reuse", [False, True], ids=["default", "reuse"])
-def test_exact_all_instances(benchmark, request, adult_workload, reuse):
+def test_exact_all_instances(benchmark, request, mission_config, reuse, kernelshap_ray, workload,
+                             explain_instances, explainer_factory):
+    config = mission_config
     request.getfixturevalue("ray_cluster")
-    import ray
+    kernelshap_ray.require_placeable(config)
+    X = explain_instances
+    nsamples = exact_nsamples(workload)
+    if nsamples is None:
+        pytest.skip(f"exact mode: more than {EXACT_MAX_PLAYERS} players")
+    serial = explainer_factory(SERIAL, engine={"nsamples": nsamples})
+    explainer = explainer_factory(config, engine={"nsamples": nsamples, "reuse_coalitions": reuse})
+    try:
+        explainer.start()
 
-    w = adult_workload
-    kwargs = dict(groups=w.groups, group_names=w.group_names, link="logit", nsamples=4094)
-    workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    explainer = DistributedKernelShap(
-        w.model.predict_proba, w.background, backend="pool", workers=workers, batch_size=10,
-        progress=False, reuse_coalitions=reuse, **kwargs,
-    )
-    with explainer:
-        values = benchmark.pedantic(explainer.explain, args=(w.X_explain,), rounds=1, iterations=1)
+        def explain():
+            with kernelshap_ray.progress_visible():
+                return explainer.explain(X)
 
-    assert explainer.exact and values.shape == (2560, 12, 2)
-    sample = np.arange(0, len(w.X_explain), 40)
-    serial = KernelShap(w.model.predict_proba, w.background, **kwargs)
-    for i in sample:
-        expected = serial.explain(w.X_explain[i], offset=int(i))[0]
-        if reuse:
-            assert np.abs(values[i] - expected).max() <= 1e-12, f"instance {i}"
-        else:
-            assert np.array_equal(values[i], expected), f"instance {i}"
-    fx = w.model.predict_proba(w.X_explain)
-    np.testing.assert_allclose(
-        values.sum(axis=1), np.log(fx / (1 - fx)) - serial.expected_value, rtol=0, atol=1e-10
-    )
+        values = benchmark.pedantic(explain, rounds=kernelshap_ray.options.nruns, iterations=1)
+    finally:
+        close_explainer(explainer)
+
+    for i in range(0, len(X), SPOT_CHECK_EVERY):
+        expected = serial.engine.explain(X[i], offset=i)
+        assert_same_values(values[i:i + 1], expected, f"{config.id} instance {i}", tol=REUSE_TOLERANCE if reuse else 0)
+    np.testing.assert_allclose(values.sum(axis=1), _link(workload.predict(X), workload.link) - serial.expected_value,
+                               rtol=0, atol=EFFICIENCY_TOLERANCE)
 
     seconds = benchmark.stats.stats.mean
-    _seconds[reuse] = seconds
-    engine = explainer.engine
-    if reuse and False in _seconds:
-        benchmark.extra_info["ratio_to_default_engine"] = seconds / _seconds[False]
-    benchmark.extra_info.update(
-        reuse_coalitions=reuse, chunk_rows=engine.chunk_rows_, row_strategy=engine.row_strategy_,
-        cpu_kernel=engine.cpu_kernel_,
+    _seconds[(config.id, reuse)] = seconds
+    fields: dict = {}
+    if reuse and (config.id, False) in _seconds:
+        fields["ratio_to_default_engine"] = seconds / _seconds[(config.id, False)]
+    if workload.name == STUDY_WORKLOAD and len(X) == STUDY_INSTANCES:
+        study = _study_seconds()
+        cluster_best = min(v for k, v in study.items() if k.startswith("k8s"))
+        fields.update(study_serial_sampled_s=study["serial"],
+                      study_best_one_machine_sampled_s=min(study["pool"], study["serve"]),
+                      study_best_cluster_sampled_s=cluster_best,
+                      times_faster_than_study_cluster=cluster_best / seconds)
+    benchmark.group = f"mission: exact, {len(X)} instances"
+    record = BenchmarkRecord(
+        suite="mission", workload=workload.name, backend=config.backend, serve_mode=config.serve_mode,
+        workers=config.workers, batch_size=config.batch_size, n_instances=len(X), nsamples=nsamples, exact=True,
+        mean_seconds=seconds, reuse_coalitions=reuse, chunk_rows=serial.chunk_rows_,
+        row_strategy=serial.row_strategy_, cpu_kernel=serial.cpu_kernel_, **fields,
     )
-    study = _study_seconds()
-    benchmark.group = "mission: exact, 2560 instances"
-    benchmark.extra_info.update(
-        backend="pool", serve_mode=None, workers=workers, batch_size=10, n_instances=len(values),
-        nsamples=4094, exact=True, explanations_per_s=len(values) / seconds, speedup=None,
-        efficiency=None, nodes_used=None,
-        study_serial_sampled_s=study["serial"],
-        study_best_one_machine_sampled_s=min(study["pool"], study["serve"]),
-        study_best_cluster_sampled_s=min(v for k, v in study.items() if k.startswith("k8s")),
-        times_faster_than_study_cluster=min(v for k, v in study.items() if k.startswith("k8s")) / seconds,
-    )
+    benchmark.extra_info.update(record.to_extra_info())

@@ -1,54 +1,40 @@
 """The reference study's scaling experiment as pytest-benchmark tests.
 
-One benchmark per (backend, Serve mode, workers, batch size) from the plugin's options
-(``--backends``, ``--serve-modes``, ``--workers``, ``--batch-sizes``), plus the serial
-baseline ``serial``, which the plugin runs first. Each explains the first
-``--n-instances`` Adult instances ``--nruns`` times and checks every round against the
-serial reference values: a round that differs by more than 1e-12 fails inside the timed
+Options: ``--workload``, ``--backends``, ``--serve-modes``, ``--workers``, ``--batch-sizes`` (one
+benchmark per combination, plus the serial baseline ``serial``, which runs first),
+``--n-instances``, ``--nsamples``, ``--nruns``, ``--progress``, ``--placement-timeout`` and the
+gates ``--min-efficiency`` / ``--max-overhead-share``. Fixed: one CPU per worker, seed 0.
+
+Each benchmark explains the first ``--n-instances`` instances ``--nruns`` times and checks every
+round against the serial reference values bit for bit (``np.array_equal``) inside the timed
 function, so no time is recorded for a wrong answer.
 
 Speedups are paired in time: before each round of a distributed benchmark, the serial
 engine explains the same instances in this process (one CPU) while the workers wait, and
 ``speedup`` = the mean of these serial rounds (``serial_seconds``; all in
-``serial_rounds``) / the benchmark's mean. A shared machine's speed drifts over a run; a
-baseline timed once, at the start, would credit or penalise whichever configuration ran
-in a fast or slow minute. ``paired_efficiency`` is the median over rounds of (serial
-round / the round after it) / workers: one slow round does not move it.
-On a local cluster, ``machine_cpu_seconds`` and ``overhead_cpu_share`` account the
-machine's CPU per round by role (``explainers.bench.machine_cpu``). Two CI gates fail a
-configuration after its figures are recorded: ``--min-efficiency F``, whose
-``paired_efficiency`` is below ``F``, and ``--max-overhead-share F``, whose
-``overhead_cpu_share`` is above ``F``.
+``serial_rounds``) / the benchmark's mean. ``paired_efficiency`` is the median over rounds of
+(serial round / the round after it) / workers: one slow round does not move it. On a local
+cluster, ``machine_cpu_seconds`` and ``overhead_cpu_share`` account the machine's CPU per round
+by role (``explainers.bench.machine_cpu``). The gates fail a configuration after its figures
+are recorded.
 
-    pytest perf/ --benchmark-autosave
-    pytest perf/ --ray-address local --nodes 2 --backends pool --workers 1,2
+    pytest perf/test_scaling.py --benchmark-autosave
+    pytest perf/test_scaling.py --nodes 2 --backends pool --workers 1,2
 """
 from __future__ import annotations
 
 import time
 
-import pytest
-
+from explainers.bench.factory import InClusterExplainer, assert_same_values, close_explainer
 from explainers.bench.machine_cpu import CpuPerRound, machine_cpu_summary
-from explainers.bench.plugin import (
-    ActorNodeTracker,
-    InClusterExplainer,
-    assert_same_values,
-    close_explainer,
-    get_session,
-    paired_efficiency,
-)
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "scaling_config" in metafunc.fixturenames:
-        configs = get_session(metafunc.config).scaling_configs()
-        metafunc.parametrize("scaling_config", configs, ids=[c.id for c in configs])
+from explainers.bench.nodes import ActorNodeTracker
+from explainers.bench.pairing import paired_efficiency
+from explainers.bench.records import BenchmarkRecord
 
 
 def test_scaling(
-    request, benchmark, scaling_config, kernelshap_ray, explain_instances, serial_reference, explainer_factory,
-    serial_rounds,
+    request, benchmark, scaling_config, kernelshap_ray, workload, explain_instances, serial_reference,
+    explainer_factory, serial_rounds,
 ):
     config = scaling_config
     machine_cpu = None
@@ -72,7 +58,8 @@ def test_scaling(
         startup_seconds = time.perf_counter() - t0
 
         def explain_and_check():
-            values = explainer.explain(X)
+            with kernelshap_ray.progress_visible():
+                values = explainer.explain(X)
             assert_same_values(values, serial_reference, config.id)
             return values
 
@@ -85,22 +72,22 @@ def test_scaling(
 
     if benchmark.stats is None:  # --benchmark-disable: the values were checked once, nothing timed
         return
-    mean = benchmark.stats.stats.mean
-    paired = sum(serial_rounds.seconds) / len(serial_rounds.seconds) if serial_rounds.seconds else None
+    stats = benchmark.stats.stats
     if not config.distributed:
-        kernelshap_ray.serial_seconds = mean
-    benchmark.extra_info.update(
-        kernelshap_ray.extra_info(
-            config, mean, nsamples=kernelshap_ray.nsamples, exact=kernelshap_ray.exact, nodes_used=nodes_used,
-            serial_seconds=paired,
-        )
+        kernelshap_ray.serial_seconds = stats.mean
+    paired = sum(serial_rounds.seconds) / len(serial_rounds.seconds) if serial_rounds.seconds else None
+    record = BenchmarkRecord(
+        suite="scaling", workload=workload.name, backend=config.backend, serve_mode=config.serve_mode,
+        workers=config.workers, batch_size=config.batch_size, n_instances=len(X),
+        nsamples=kernelshap_ray.nsamples, exact=kernelshap_ray.exact, mean_seconds=stats.mean,
+        nodes_used=nodes_used,
+        serial_seconds=paired if config.distributed else None,
+        serial_rounds=serial_rounds.seconds if config.distributed else None,
+        startup_seconds=startup_seconds if config.distributed else None,
+        paired_efficiency=(paired_efficiency(serial_rounds.seconds, stats.data, config.workers)
+                           if config.distributed else None),
+        in_cluster_seconds=explainer.seconds if isinstance(explainer, InClusterExplainer) else None,
+        **machine_cpu_summary(machine_rounds),
     )
-    if config.distributed:
-        benchmark.extra_info.update(startup_seconds=startup_seconds, serial_seconds=paired,
-                                    serial_rounds=serial_rounds.seconds,
-                                    paired_efficiency=paired_efficiency(serial_rounds.seconds,
-                                                                        benchmark.stats.stats.data, config.workers))
-    benchmark.extra_info.update(machine_cpu_summary(machine_rounds))
-    if isinstance(explainer, InClusterExplainer):
-        benchmark.extra_info["in_cluster_seconds"] = explainer.seconds
-    kernelshap_ray.check_gates(config, benchmark.extra_info)
+    benchmark.extra_info.update(record.to_extra_info())
+    kernelshap_ray.check_gates(config, record)

@@ -19,13 +19,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from explainers.bench.plugin import (
-    OPTIONS,
-    ScalingConfig,
-    default_workers,
-    paired_efficiency,
-    scaling_grid,
-)
+from explainers.bench.grid import ScalingConfig, default_workers, scaling_grid, study_workers
+from explainers.bench.options import OPTIONS
+from explainers.bench.pairing import paired_efficiency
 
 pytest_plugins = ["pytester"]
 
@@ -113,7 +109,7 @@ def test_paired_efficiency_is_the_median_paired_speedup_per_worker():
 def test_help_shows_all_options_in_one_group(pytester):
     result = pytester.runpytest("--help")
     out = result.stdout.str()
-    start = out.index("distributed-kernelshap: Ray cluster and scaling grid:")
+    start = out.index("distributed-kernelshap: Ray cluster, workload and benchmark grid:")
     end = out.index("\n\n", start)
     group = out[start:end]
     for opt in OPTIONS:
@@ -140,9 +136,10 @@ def test_defaults(pytester):
     result = pytester.runpytest("-s")
     result.assert_outcomes(passed=1)
     assert _options_line(result) == (
-        "local 1 None [] [1, 5, 10] ['pool', 'serve', 'data'] ['ray', 'default'] 128 auto 3 None "
+        "local 1 None [] [1, 5, 10] ['pool', 'serve', 'data'] ['ray', 'default'] None auto 3 None "
         "default kernelshap False None None"
     )
+    assert "n_instances=40 " in result.stdout.str()  # None: the default, 40 (all with --study)
 
 
 def test_ini_twins_and_command_line_precedence(pytester):
@@ -265,7 +262,7 @@ def test_serial_baseline_is_moved_first(pytester):
     pytester.makepyfile(
         """
         import pytest
-        from explainers.bench.plugin import ScalingConfig
+        from explainers.bench.grid import ScalingConfig
 
         def test_before():
             pass
@@ -287,11 +284,13 @@ def test_report_header_without_starting_ray(pytester):
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
         "kernelshap-ray: ray 2.*, python 3.*, address local (2 nodes, 2 CPUs); connected when a test needs the cluster",
-        "kernelshap-ray: n_instances=8 nsamples=auto nruns=3 backends=pool,serve,data *",
+        "kernelshap-ray: workload=explainers.workloads.adult:workload n_instances=8 nsamples=auto nruns=3 "
+        "backends=pool,serve,data *",
     ])
     assert "min_efficiency" not in result.stdout.str() and "max_overhead_share" not in result.stdout.str()
     result = pytester.runpytest("--min-efficiency", "0.6", "--max-overhead-share", "0.25")
-    result.stdout.fnmatch_lines(["kernelshap-ray: n_instances=* workers=* min_efficiency=0.6 max_overhead_share=0.25"])
+    result.stdout.fnmatch_lines(["kernelshap-ray: workload=* n_instances=* workers=* min_efficiency=0.6 "
+                                 "max_overhead_share=0.25"])
     assert "kernelshap-ray: ran on" not in result.stdout.str()  # nothing connected
     result = pytester.runpytest("--ray-address", "ray://10.0.0.1:10001")
     result.stdout.fnmatch_lines(["kernelshap-ray: ray *, address ray://10.0.0.1:10001; connected when *"])
@@ -319,7 +318,7 @@ def test_a_wrong_result_fails_and_records_no_time(pytester, inner_env):
     out = pytester.path / "out.json"
     result = pytester.runpytest("-k", "serial", "--n-instances", "2", "--nruns", "2", f"--benchmark-json={out}")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*serial: values differ from the serial reference by 1e-09 (> 1e-12)*"])
+    result.stdout.fnmatch_lines(["*serial: values are not identical to the serial reference (max diff 1e-09)*"])
     saved = json.loads(out.read_text()) if out.exists() else {"benchmarks": []}
     assert saved["benchmarks"] == []
     assert "benchmark 'serial'" not in result.stdout.str()  # no table row for it either
@@ -344,6 +343,7 @@ def test_serial_benchmark_records_extra_and_machine_info(pytester, inner_env):
     assert machine["ray_address_mode"] == "local" and machine["ray_nodes"] == 1
     assert machine["ray_cpus"] == os.cpu_count()
     assert machine["ray_version"] == __import__("ray").__version__
+    assert machine["workload"] == "adult" and info["workload"] == "adult" and info["suite"] == "scaling"
 
 
 def test_report_dir_writes_the_report_at_the_end(pytester, inner_env):
@@ -585,17 +585,16 @@ def test_remote_address_runs_the_work_inside_the_cluster(pytester, inner_env):
         cluster.shutdown()
 
 
-def test_placement_timeout_reaches_the_explainers(pytester):
+def test_placement_timeout_reaches_the_explainers(pytester, inner_env):
     """``--placement-timeout`` (and its ini twin) is passed to every distributed explainer."""
     pytester.makeini("[pytest]\nkernelshap_placement_timeout = 7.5\n")
     pytester.makepyfile(
         """
-        from types import SimpleNamespace
-        from explainers.bench.plugin import ExplainerFactory, ScalingConfig
+        from explainers.bench.factory import ExplainerFactory
+        from explainers.bench.grid import ScalingConfig
 
         def test_x(kernelshap_ray):
-            workload = SimpleNamespace(predict_proba=len, background=None, groups=None, group_names=None)
-            kwargs = ExplainerFactory(kernelshap_ray, workload).kwargs(ScalingConfig("pool", workers=1, batch_size=5))
+            kwargs = ExplainerFactory(kernelshap_ray).kwargs(ScalingConfig("pool", workers=1, batch_size=5))
             print("TIMEOUT", kwargs["placement_timeout_s"])
         """
     )

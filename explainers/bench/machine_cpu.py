@@ -27,8 +27,8 @@ from typing import Callable, Iterable
 
 import psutil
 
-#: the classes whose actors do the explaining (``explainers.kernelshap.backends``)
-WORKER_CLASSES = ("KernelShapPoolWorker", "KernelShapDataWorker", "KernelShapReplica")
+from explainers.kernelshap.backends import WORKER_CLASSES
+
 ROLES = ("workers", "driver", "ray", "other")
 
 

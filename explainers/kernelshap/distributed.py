@@ -19,7 +19,9 @@ import numpy as np
 import ray
 
 from explainers.kernelshap.backends.common import (
+    BACKENDS,
     DEFAULT_PLACEMENT_TIMEOUT_S,
+    SERVE_MODES,
     Assembler,
     BackendConfig,
     ExplanationError,
@@ -53,9 +55,6 @@ __all__ = [
     "explain_in_cluster",
     "InClusterDriver",
 ]
-
-BACKENDS = ("pool", "serve", "data")
-SERVE_MODES = ("ray", "default")
 
 
 def _positive_int(name: str, value: Any) -> int:

@@ -7,9 +7,14 @@ Each module exposes ``Workers(engine_ref, config)`` with ``explain(X, assembler)
 """
 
 from explainers.kernelshap.backends.common import (  # noqa: E402 (no Ray import: safe for the plugin)
+    BACKENDS,
     DEFAULT_PLACEMENT_TIMEOUT_S,
+    SERVE_MODES,
+    WORKER_CLASSES,
     PlacementError,
     WorkerStartError,
+    backend_label,
 )
 
-__all__ = ["DEFAULT_PLACEMENT_TIMEOUT_S", "PlacementError", "WorkerStartError"]
+__all__ = ["BACKENDS", "DEFAULT_PLACEMENT_TIMEOUT_S", "SERVE_MODES", "WORKER_CLASSES", "PlacementError",
+           "WorkerStartError", "backend_label"]

@@ -12,6 +12,18 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+#: the backends of ``DistributedKernelShap`` and the two modes of the Serve backend
+BACKENDS = ("pool", "serve", "data")
+SERVE_MODES = ("ray", "default")
+#: the classes whose actors do the explaining (pool, Ray Data, Serve)
+WORKER_CLASSES = ("KernelShapPoolWorker", "KernelShapDataWorker", "KernelShapReplica")
+
+
+def backend_label(backend: str, serve_mode: str | None = None) -> str:
+    """``pool``, ``data``, ``serial``, or ``serve-ray`` / ``serve-default`` for Serve's modes."""
+    return backend if serve_mode is None else f"{backend}-{serve_mode}"
+
+
 #: default of ``DistributedKernelShap(placement_timeout_s=...)``: how long the workers may wait
 #: for the cluster to place them (free CPUs) before the start is a :class:`PlacementError`
 DEFAULT_PLACEMENT_TIMEOUT_S = 30.0
