@@ -226,11 +226,37 @@ def test_bad_ini_value_is_a_usage_error(pytester):
 def test_k8s_address_without_k8s_module_support_is_clear(pytester, monkeypatch):
     """``--ray-address k8s`` parses; the k8s options reach the session (no cluster is contacted)."""
     pytester.makepyfile(PRINT_OPTIONS)
-    result = pytester.runpytest("-s", "--ray-address", "k8s", "--k8s-namespace", "bench", "--k8s-cluster", "ks")
+    result = pytester.runpytest("-s", "--ray-address", "k8s", "--k8s-namespace", "bench", "--k8s-cluster", "ks",
+                                "--k8s-transport", "client")
     result.assert_outcomes(passed=1)
     assert _options_line(result).startswith("k8s 1 None")
     assert "bench ks False" in _options_line(result)
-    assert "address k8s (namespace bench, RayCluster ks)" in result.stdout.str()
+    assert "address k8s (namespace bench, RayCluster ks, transport client)" in result.stdout.str()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--k8s-transport", "grpc"], "--k8s-transport: 'grpc' is not allowed; choose from jobs, client"),
+    (["--k8s-timeout", "0"], "--k8s-timeout: 0 is not allowed; use seconds > 0"),
+    (["--k8s-timeout", "soon"], "--k8s-timeout: 'soon' is not a number"),
+])
+def test_bad_k8s_transport_options_are_usage_errors(pytester, args, message):
+    pytester.makepyfile(PRINT_OPTIONS)
+    result = pytester.runpytest("--ray-address", "k8s", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+
+
+def test_k8s_jobs_transport_collects_nothing_here_and_needs_a_kubeconfig(pytester, monkeypatch):
+    """The default transport runs the selection as a Ray Job: nothing is collected or imported
+    here, and a missing Kubernetes configuration is a clear error before anything is submitted."""
+    monkeypatch.setenv("HOME", str(pytester.path / "home"))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    pytester.makepyfile(test_never_imported="raise RuntimeError('imported locally')\n")
+    result = pytester.runpytest("--ray-address", "k8s", "test_never_imported.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "kernelshap-ray: no Kubernetes configuration found" in result.stdout.str()
+    assert "imported locally" not in result.stdout.str() + result.stderr.str()
 
 
 # --------------------------------------------------------------------------- collection, ids, header

@@ -14,7 +14,8 @@ from typing import Any, Iterable, Sequence
 
 import pytest
 
-from explainers.cluster.session import ADDRESS_FORMS, K8sOptions, address_mode
+from explainers.cluster.session import (ADDRESS_FORMS, DEFAULT_JOB_TIMEOUT, K8S_TRANSPORTS, K8sOptions,
+                                        address_mode)
 from explainers.kernelshap.backends import BACKENDS, DEFAULT_PLACEMENT_TIMEOUT_S, SERVE_MODES
 from explainers.workloads.workload import DEFAULT_WORKLOAD
 
@@ -103,6 +104,14 @@ OPTIONS: tuple[_Opt, ...] = (
          "name of the KubeRay RayCluster (--ray-address k8s; default 'kernelshap')", metavar="NAME"),
     _Opt("--kubeconfig", "kernelshap_kubeconfig",
          "kubeconfig file (--ray-address k8s; default: the usual kubeconfig resolution)", metavar="PATH"),
+    _Opt("--k8s-transport", "kernelshap_k8s_transport",
+         "how --ray-address k8s runs the suite: 'jobs' (default) submits this pytest selection as a Ray Job "
+         "through a kubectl port-forward of the head's dashboard (8265), shows its log live and saves its "
+         "benchmarks here; 'client' (legacy, deprecated by Ray) drives the cluster through Ray Client (10001)",
+         metavar="jobs|client"),
+    _Opt("--k8s-timeout", "kernelshap_k8s_timeout",
+         f"seconds the Ray Job may run before it is stopped (--k8s-transport jobs; default "
+         f"{DEFAULT_JOB_TIMEOUT:g})", metavar="SECONDS"),
     _Opt("--k8s-scale", "kernelshap_k8s_scale",
          "scale the RayCluster's worker group up when a configuration needs more CPUs than it has "
          "(restored at the end); without it such configurations are skipped", kind="flag"),
@@ -183,6 +192,16 @@ def _choice_list(flag: str, value: Any, allowed: Sequence[str]) -> tuple[str, ..
     return tuple(a for a in allowed if a in tokens)  # canonical order, no duplicates
 
 
+def _choice(flag: str, value: Any, allowed: Sequence[str]) -> str:
+    """One of ``allowed`` (the first when ``value`` is ``None``), else ``pytest.UsageError``."""
+    if value is None:
+        return allowed[0]
+    text = str(value).strip()
+    if text not in allowed:
+        raise pytest.UsageError(f"{flag}: {text!r} is not allowed; choose from {', '.join(allowed)}")
+    return text
+
+
 def _seconds(flag: str, text: Any) -> float:
     """A finite number of seconds > 0, else ``pytest.UsageError``."""
     try:
@@ -229,6 +248,11 @@ class PluginOptions:
     report_dir: Path | None = None
     k8s: K8sOptions = field(default_factory=K8sOptions)
     k8s_scale: bool = False
+
+    @property
+    def runs_as_job(self) -> bool:
+        """Whether this pytest submits the run as a Ray Job (``--ray-address k8s``, transport ``jobs``)."""
+        return self.address_mode == "k8s" and self.k8s.transport == "jobs"
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> "PluginOptions":
@@ -278,6 +302,7 @@ class PluginOptions:
         floor_raw = _raw(config, "--min-efficiency")
         overhead_raw = _raw(config, "--max-overhead-share")
         placement_raw = _raw(config, "--placement-timeout")
+        job_timeout_raw = _raw(config, "--k8s-timeout")
         k8s_defaults = K8sOptions()
         return cls(
             ray_address=address,
@@ -304,6 +329,9 @@ class PluginOptions:
                 namespace=str(_raw(config, "--k8s-namespace") or k8s_defaults.namespace),
                 cluster=str(_raw(config, "--k8s-cluster") or k8s_defaults.cluster),
                 kubeconfig=_raw(config, "--kubeconfig"),
+                transport=_choice("--k8s-transport", _raw(config, "--k8s-transport"), K8S_TRANSPORTS),
+                job_timeout=(_seconds("--k8s-timeout", job_timeout_raw)
+                             if job_timeout_raw is not None else DEFAULT_JOB_TIMEOUT),
             ),
             k8s_scale=bool(_raw(config, "--k8s-scale")),
         )

@@ -66,7 +66,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     session = KernelShapRaySession(config, PluginOptions.from_config(config))
     config.stash[_SESSION_KEY] = session
-    session.load_workload_early()
+    if not session.options.runs_as_job:  # the workload is loaded in the cluster
+        session.load_workload_early()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session: pytest.Session) -> bool | None:
+    """``--ray-address k8s`` through Ray Jobs: nothing is collected here; the job collects."""
+    if not get_session(session.config).options.runs_as_job:
+        return None
+    session.items = []
+    return True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    """``--ray-address k8s`` through Ray Jobs: run the selection as a Ray Job in the cluster."""
+    ks = get_session(session.config)
+    if not ks.options.runs_as_job:
+        return None
+    from explainers.bench.remote_run import run_as_job
+
+    run_as_job(session, ks.remote_run())
+    return True
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -151,6 +173,7 @@ def _given(config: pytest.Config, flag: str) -> bool:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    """The Ray fields, or for a Ray Job the machine info of the cluster node it ran on."""
     machine_info.update(get_session(config).machine_info())
 
 
@@ -161,6 +184,12 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    outcome = get_session(config).remote_outcome()
+    if outcome is not None:
+        counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items() if n and k != "collected")
+        terminalreporter.write_line(
+            f"kernelshap-ray: Ray Job {outcome.job_id} {outcome.status}: {counts or 'nothing ran'} "
+            f"(pytest exit status {outcome.exit_status} in the cluster)")
     info = get_session(config).cluster_info()
     if info is not None:
         terminalreporter.write_line(
@@ -170,9 +199,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write the report (``--report-dir``) from this session's benchmarks."""
+    """The exit status of a Ray Job run; the report (``--report-dir``) from this session's benchmarks."""
     config = session.config
     ks = get_session(config)
+    outcome = ks.remote_outcome()
+    if outcome is not None and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = outcome.exit_status
     bs = getattr(config, "_benchmarksession", None)
     if ks.options.report_dir is None or bs is None:
         return

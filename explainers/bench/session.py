@@ -44,6 +44,7 @@ class KernelShapRaySession:
         self._workload: Workload | None = None
         self._last_info: dict[str, Any] | None = None  # the closed cluster's info()
         self._last_machine_info: dict[str, Any] | None = None  # and its machine_info()
+        self._remote_run: Any = None  # explainers.bench.remote_run.RemoteRun of a Ray Jobs run
 
     # -- the workload -------------------------------------------------------------
     def workload(self) -> Workload:
@@ -101,6 +102,19 @@ class KernelShapRaySession:
                 k8s=opts.k8s,
             )
         return self.cluster
+
+    # -- a run in a KubeRay cluster, as a Ray Job ------------------------------------------
+    def remote_run(self) -> Any:
+        """The :class:`explainers.bench.remote_run.RemoteRun` of ``--ray-address k8s`` (made once)."""
+        if self._remote_run is None:
+            from explainers.bench.remote_run import RemoteRun
+
+            self._remote_run = RemoteRun(self.config, self.options)
+        return self._remote_run
+
+    def remote_outcome(self) -> Any:
+        """What the Ray Job brought back (:class:`explainers.bench.remote_run.RemoteOutcome`), or ``None``."""
+        return None if self._remote_run is None else self._remote_run.outcome
 
     def close(self) -> None:
         """Close the cluster session (its one teardown path restores a scaled worker group)."""
@@ -198,7 +212,8 @@ class KernelShapRaySession:
         if opts.address_mode == "local":
             where += f" ({opts.nodes} node{'s' if opts.nodes > 1 else ''}, {self.planned_cpus()} CPUs)"
         elif opts.address_mode == "k8s":
-            where += f" (namespace {opts.k8s.namespace}, RayCluster {opts.k8s.cluster})"
+            where += (f" (namespace {opts.k8s.namespace}, RayCluster {opts.k8s.cluster}, "
+                      f"transport {opts.k8s.transport})")
         info = self.cluster_info()
         if info is not None:
             where = (f"address {info['address_mode']} {info['address']} ({info['nodes']} nodes, "
@@ -222,7 +237,11 @@ class KernelShapRaySession:
         ]
 
     def machine_info(self) -> dict[str, Any]:
-        """The Ray and workload fields of pytest-benchmark's machine info (planned values before connecting)."""
+        """The Ray and workload fields of pytest-benchmark's machine info (planned values before
+        connecting); for a Ray Job, the whole machine info of the cluster node it ran on."""
+        outcome = self.remote_outcome()
+        if outcome is not None:
+            return dict(outcome.machine_info)
         out: dict[str, Any] = {"workload": self.workload_name}
         if self.cluster is not None and self.cluster.known_info() is not None:
             out.update(self.cluster.machine_info())

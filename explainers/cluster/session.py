@@ -34,6 +34,8 @@ __all__ = [
     "ClusterConnectionError",
     "ClusterSession",
     "K8sOptions",
+    "K8S_TRANSPORTS",
+    "DEFAULT_JOB_TIMEOUT",
     "address_mode",
     "connect",
     "connection_guard",
@@ -98,14 +100,26 @@ def split_cpus(total: int, nodes: int) -> list[int]:
     return [base + (1 if i < rest else 0) for i in range(nodes)]
 
 
+#: how ``--ray-address k8s`` runs: a Ray Job through the dashboard (default), or Ray Client (legacy)
+K8S_TRANSPORTS = ("jobs", "client")
+#: seconds a Ray Job of the suite may run before it is stopped, unless told otherwise
+DEFAULT_JOB_TIMEOUT = 6 * 3600.0
+
+
 @dataclass
 class K8sOptions:
-    """How to reach a KubeRay cluster (see ``explainers.cluster.kuberay``)."""
+    """How to reach a KubeRay cluster (see ``explainers.cluster.kuberay``).
+
+    ``timeout``: seconds for each lookup, the port-forward and scaling; ``transport``: one of
+    :data:`K8S_TRANSPORTS`; ``job_timeout``: seconds the whole Ray Job may take (``jobs`` only).
+    """
 
     namespace: str = "default"
     cluster: str = "kernelshap"
     kubeconfig: str | None = None
     timeout: float = 60.0
+    transport: str = "jobs"
+    job_timeout: float = DEFAULT_JOB_TIMEOUT
 
 
 @dataclass
@@ -217,8 +231,6 @@ class ClusterSession:
                 ray.get(ref)
         """
         return connection_guard(self.address)
-
-        return [n["NodeID"] for n in ray.nodes() if n.get("Alive", False)]
 
     # ----------------------------------------------------------------- teardown
     def close(self) -> None:
@@ -445,6 +457,7 @@ def _start_local(
 
 
 def _connect_k8s(options: K8sOptions, runtime_env: dict[str, Any] | None) -> ClusterSession:
+    """Ray Client through a port-forward (``--k8s-transport client``, the legacy transport)."""
     from .kuberay import connect_k8s
 
     conn = connect_k8s(

@@ -30,6 +30,10 @@ RAY_GROUP = "ray.io"
 RAY_API_VERSION = "v1"
 RAYCLUSTER_PLURAL = "rayclusters"
 RAY_CLIENT_PORT = 10001
+#: the head's dashboard port, which serves the Ray Jobs API
+DASHBOARD_PORT = 8265
+#: the head service's port for each transport, by KubeRay's port name and its default number
+HEAD_PORTS = {"client": ("client", RAY_CLIENT_PORT), "dashboard": ("dashboard", DASHBOARD_PORT)}
 #: (connect, read) timeout in seconds of every Kubernetes API call
 API_TIMEOUT = (3.0, 10.0)
 
@@ -165,13 +169,23 @@ def shorten(exc: BaseException, limit: int = 300) -> str:
 
 @dataclass
 class HeadService:
-    """The head service of a RayCluster and its Ray Client port."""
+    """The head service of a RayCluster and its Ray Client and dashboard ports (``None``: not exposed)."""
 
     name: str
-    ray_client_port: int
+    ray_client_port: Optional[int]
     namespace: str
     cluster: str
     raycluster: dict = field(repr=False, default_factory=dict)
+    dashboard_port: Optional[int] = None
+
+    def port(self, kind: str) -> int:
+        """The service's ``"client"`` or ``"dashboard"`` port; :class:`K8sError` if it has none."""
+        port = self.ray_client_port if kind == "client" else self.dashboard_port
+        if port is None:
+            name, number = HEAD_PORTS[kind]
+            raise K8sError(f"service {self.namespace}/{self.name} exposes no {kind} port (a port "
+                           f"named {name!r} or {number})")
+        return port
 
 
 def get_raycluster(api: KubeApi, namespace: str, cluster: str) -> dict:
@@ -208,12 +222,14 @@ def get_raycluster(api: KubeApi, namespace: str, cluster: str) -> dict:
                        f"namespace {namespace!r}{hint}") from None
 
 
-def find_head_service(api: KubeApi, namespace: str, cluster: str) -> HeadService:
+def find_head_service(api: KubeApi, namespace: str, cluster: str,
+                      require: str = "client") -> HeadService:
     """Find the RayCluster ``cluster`` in ``namespace`` and its head service.
 
     Looks up, in order, the namespace, the RayCluster custom object and the Service
-    ``<cluster>-head-svc``; returns its name and Ray Client port (the port named
-    ``client``, else 10001). Each missing piece is a :class:`K8sError` naming it.
+    ``<cluster>-head-svc``; returns its name and ports (the port named ``client``, else
+    10001; the port named ``dashboard``, else 8265). Each missing piece, and a missing
+    ``require`` port (``"client"`` or ``"dashboard"``), is a :class:`K8sError` naming it.
     """
     from kubernetes.client.exceptions import ApiException
 
@@ -239,12 +255,17 @@ def find_head_service(api: KubeApi, namespace: str, cluster: str) -> HeadService
             f"{namespace!r} (HTTP {exc.status}); the KubeRay operator creates it with the "
             f"head pod; RayCluster state: {state}") from None
     ports = list(svc.spec.ports or [])
-    port = next((p.port for p in ports if p.name == "client"), None)
-    if port is None:
-        port = next((p.port for p in ports if p.port == RAY_CLIENT_PORT), None)
-    if port is None:
-        raise K8sError(f"service {namespace}/{svc_name} exposes no Ray Client port (a port "
-                       f"named 'client' or {RAY_CLIENT_PORT}); ports: "
+    found: dict[str, Optional[int]] = {}
+    for kind, (port_name, number) in HEAD_PORTS.items():
+        port = next((p.port for p in ports if p.name == port_name), None)
+        if port is None:
+            port = next((p.port for p in ports if p.port == number), None)
+        found[kind] = None if port is None else int(port)
+    if found[require] is None:
+        port_name, number = HEAD_PORTS[require]
+        what = "Ray Client" if require == "client" else "dashboard (Ray Jobs)"
+        raise K8sError(f"service {namespace}/{svc_name} exposes no {what} port (a port "
+                       f"named {port_name!r} or {number}); ports: "
                        f"{[(p.name, p.port) for p in ports]}")
-    return HeadService(name=svc_name, ray_client_port=int(port), namespace=namespace,
-                       cluster=cluster, raycluster=raycluster)
+    return HeadService(name=svc_name, ray_client_port=found["client"], namespace=namespace,
+                       cluster=cluster, raycluster=raycluster, dashboard_port=found["dashboard"])

@@ -23,6 +23,9 @@ TOKEN_HELP = (
     "export RAY_AUTH_TOKEN=$(kubectl get secret {secret} -n {ns} "
     "-o jsonpath='{{.data.{key}}}' | base64 -d)"
 )
+#: what to do about a token the head refused (or a missing one), for any transport
+SECRET_TOKEN_HELP = ("set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the value of the Secret "
+                     f"the RayCluster reads RAY_AUTH_TOKEN from (key {TOKEN_SECRET_KEY!r})")
 
 
 @dataclass

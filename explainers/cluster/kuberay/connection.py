@@ -7,17 +7,21 @@ and checks versions; ``close()`` undoes scaling, Ray, kubectl and the API client
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .. import ray_client
 from ..ray_client import RayAuthEnv, init_ray_client, no_auto_init
 from .api import (HeadService, K8sError, KubeApi, find_head_service, get_raycluster,
                   load_kube_api)
-from .auth import TOKEN_SECRET_KEY, auth_requirement, resolve_token
+from .auth import SECRET_TOKEN_HELP, auth_requirement, resolve_token
 from .port_forward import PortForward
-from .scaling import (DEFAULT_WORKER_GROUP, describe_cluster, find_group, restore_worker_group,
-                      scale_worker_group, wait_for_nodes, worker_group_cpus)
+from .scaling import (DEFAULT_WORKER_GROUP, describe_cluster, find_group, ready_pods,
+                      restore_worker_group, scale_worker_group, spec_cpus, wait_for_nodes,
+                      worker_group_cpus)
 from .versions import cluster_versions, compare_versions, rephrase_init_error
+
+if TYPE_CHECKING:
+    from .jobs import RayJobs
 
 __all__ = ["DEFAULT_NAMESPACE", "DEFAULT_CLUSTER", "probe_ray_client", "K8sConnection",
            "connect_k8s"]
@@ -39,21 +43,21 @@ def probe_ray_client(host: str, port: int, token: Optional[str], *, timeout: flo
 
     ray_client.probe_ray_client(
         host, port, token, timeout=timeout, what=what, error=error,
-        token_help="set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the value of the Secret "
-                   f"the RayCluster reads RAY_AUTH_TOKEN from (key {TOKEN_SECRET_KEY!r})")
+        token_help=SECRET_TOKEN_HELP)
 
 
 class K8sConnection:
     """A KubeRay cluster reached through ``kubectl port-forward`` (see :func:`connect_k8s`).
 
     Attributes: ``namespace``, ``cluster``, ``api`` (:class:`KubeApi`), ``head``
-    (:class:`HeadService`), ``port_forward``, ``address`` (``ray://127.0.0.1:PORT``),
+    (:class:`HeadService`), ``port_forward``, ``kind`` (``"client"`` or ``"dashboard"``, the
+    port forwarded), ``address`` (``ray://127.0.0.1:PORT`` or ``http://127.0.0.1:PORT``),
     ``token`` (the Ray auth token in use, or None).
     """
 
     def __init__(self, namespace: str, cluster: str, api: KubeApi, head: HeadService,
                  port_forward: PortForward, token: Optional[str], *, timeout: float,
-                 group: str = DEFAULT_WORKER_GROUP):
+                 group: str = DEFAULT_WORKER_GROUP, kind: str = "client"):
         self.namespace = namespace
         self.cluster = cluster
         self.api = api
@@ -62,12 +66,18 @@ class K8sConnection:
         self.token = token
         self.timeout = timeout
         self.group = group
-        self.address = f"ray://127.0.0.1:{port_forward.local_port}"
+        self.kind = kind
         self.versions: Optional[dict[str, Any]] = None
         self._auth = RayAuthEnv(token)
         self._connected = False
         self._scaled: Optional[dict[str, Optional[int]]] = None
         self._closed = False
+
+    @property
+    def address(self) -> str:
+        """Where the forward listens: ``ray://127.0.0.1:PORT`` (client) or ``http://...`` (dashboard)."""
+        scheme = "ray" if self.kind == "client" else "http"
+        return f"{scheme}://127.0.0.1:{self.port_forward.local_port}"
 
     # -- health
     def alive(self) -> bool:
@@ -81,6 +91,20 @@ class K8sConnection:
             raise K8sError(f"lost the connection to RayCluster {self.namespace}/"
                            f"{self.cluster}: {exc}") from None
 
+    def reforward(self) -> None:
+        """Replace a port-forward that died (the old kubectl is gone) by a new one, on a new port."""
+        self.port_forward.close()
+        self.port_forward = self.port_forward.restarted()
+
+    # -- Ray Jobs
+    def jobs(self) -> "RayJobs":
+        """The Ray Jobs API of the head (needs ``port="dashboard"``)."""
+        if self.kind != "dashboard":
+            raise K8sError("Ray Jobs need the dashboard port: connect_k8s(..., port='dashboard')")
+        from .jobs import RayJobs
+
+        return RayJobs(self)
+
     # -- Ray
     def connect(self, *, check_versions: bool = True, require_project: bool = True,
                 **init_kwargs: Any) -> Any:
@@ -90,6 +114,9 @@ class K8sConnection:
         be imported on the cluster (it is installed in the image built from k8s/Dockerfile,
         or shipped with ``runtime_env={"py_modules": [...]}``).
         """
+        if self.kind != "client":
+            raise K8sError("ray.init through Kubernetes needs the Ray Client port: "
+                           "connect_k8s(..., port='client')")
         self.ensure_alive()
         port = int(self.port_forward.local_port)
         probe_ray_client("127.0.0.1", port, self.token, timeout=self.timeout,
@@ -141,7 +168,7 @@ class K8sConnection:
 
     def describe(self) -> dict[str, Any]:
         """Machine info: ``k8s_cluster``, ``k8s_namespace``, ``k8s_worker_group``,
-        ``k8s_worker_replicas``, ``ray_nodes``, ``ray_cpus``, ``ray_node_cpus``."""
+        ``k8s_worker_replicas`` and, connected to Ray, ``ray_nodes``, ``ray_cpus``, ``ray_node_cpus``."""
         self.ensure_alive()
         info: dict[str, Any] = {"k8s_cluster": self.cluster, "k8s_namespace": self.namespace,
                                 "k8s_worker_group": self.group}
@@ -150,7 +177,8 @@ class K8sConnection:
             info["k8s_worker_replicas"] = find_group(rc, self.group)[1].get("replicas")
         except K8sError:
             info["k8s_worker_replicas"] = None
-        info.update(describe_cluster())
+        if self._connected:
+            info.update(describe_cluster())
         return info
 
     # -- scaling
@@ -158,7 +186,8 @@ class K8sConnection:
         """Set the worker group to ``replicas`` pods and wait until they are Ray nodes.
 
         Remembers the original counts the first time (``restore()`` puts them back).
-        Returns the number of alive Ray nodes.
+        Returns the number of alive Ray nodes, or without a Ray connection (Ray Jobs) the
+        number of the RayCluster's pods that are Running and Ready.
         """
         self.ensure_alive()
         before = scale_worker_group(self.api, self.namespace, self.cluster, self.group,
@@ -172,16 +201,20 @@ class K8sConnection:
         hint = (f"; check `kubectl get pods -n {self.namespace} -l ray.io/cluster="
                 f"{self.cluster}`: Pending pods mean the Kubernetes cluster has no room for "
                 f"{replicas} '{self.group}' pods (add nodes or lower --workers)")
-        return wait_for_nodes(expected, self.timeout if timeout is None else timeout,
-                              hint=hint)
+        wait = self.timeout if timeout is None else timeout
+        if self._connected:
+            return wait_for_nodes(expected, wait, hint=hint)
+        return wait_for_nodes(expected, wait, hint=hint, what="pods Ready",
+                              count=lambda: ready_pods(self.api, self.namespace, self.cluster))
 
     def ensure_cpus(self, cpus: float, *, timeout: Optional[float] = None) -> int:
         """Scale up (never down) so that the cluster has at least ``cpus`` Ray CPUs.
 
-        Returns the worker replicas now requested.
+        Connected to Ray it counts the CPUs Ray has, else (Ray Jobs) those the RayCluster
+        asks for (:func:`spec_cpus`). Returns the worker replicas now requested.
         """
-        have = describe_cluster()["ray_cpus"]
         rc = get_raycluster(self.api, self.namespace, self.cluster)
+        have = describe_cluster()["ray_cpus"] if self._connected else spec_cpus(rc)
         _, g = find_group(rc, self.group)
         current = int(g.get("replicas") or 0)
         if have >= cpus:
@@ -240,20 +273,24 @@ class K8sConnection:
 def connect_k8s(namespace: str = DEFAULT_NAMESPACE, cluster: str = DEFAULT_CLUSTER,
                 kubeconfig: Optional[str] = None, *, context: Optional[str] = None,
                 timeout: float = 60.0, token: Optional[str] = None,
-                group: str = DEFAULT_WORKER_GROUP, kubectl: str = "kubectl") -> K8sConnection:
-    """Find RayCluster ``cluster`` and start a port-forward to its Ray Client port.
+                group: str = DEFAULT_WORKER_GROUP, kubectl: str = "kubectl",
+                port: str = "client") -> K8sConnection:
+    """Find RayCluster ``cluster`` and start a port-forward to its ``port``: ``"client"`` (the
+    Ray Client server, 10001) or ``"dashboard"`` (the dashboard and Ray Jobs, 8265).
 
     Resolves the kubeconfig, the head service and the auth token, then runs
     ``kubectl port-forward`` on a free local port and waits until it answers. Call
-    ``.connect()`` on the result to ``ray.init`` through it; ``.close()`` (or ``with``)
-    undoes everything. All failures are :class:`K8sError`.
+    ``.connect()`` (client) or ``.jobs()`` (dashboard) on the result; ``.close()`` (or
+    ``with``) undoes everything. All failures are :class:`K8sError`.
     """
+    if port not in ("client", "dashboard"):
+        raise ValueError(f"port must be 'client' or 'dashboard', got {port!r}")
     api = load_kube_api(kubeconfig, context)
     try:
-        head = find_head_service(api, namespace, cluster)
+        head = find_head_service(api, namespace, cluster, require=port)
         auth = auth_requirement(head.raycluster)
         tok = resolve_token(api, namespace, auth, token)
-        pf = PortForward(head.name, head.ray_client_port, namespace,
+        pf = PortForward(head.name, head.port(port), namespace,
                          kubeconfig=api.kubeconfig, context=context, kubectl=kubectl,
                          timeout=timeout)
         pf.start()
@@ -261,4 +298,4 @@ def connect_k8s(namespace: str = DEFAULT_NAMESPACE, cluster: str = DEFAULT_CLUST
         api.close()
         raise
     return K8sConnection(namespace, cluster, api, head, pf, tok, timeout=timeout,
-                         group=group)
+                         group=group, kind=port)

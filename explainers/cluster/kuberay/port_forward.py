@@ -197,6 +197,12 @@ class PortForward:
             raise
         return self
 
+    def restarted(self) -> "PortForward":
+        """A new, started forward to the same service and port, on a new local port."""
+        return PortForward(self.service, self.remote_port, self.namespace,
+                           kubeconfig=self.kubeconfig, context=self.context,
+                           kubectl=self.kubectl, timeout=self.timeout, grace=self.grace).start()
+
     def _start_watchdog(self) -> None:
         """A process that kills kubectl once this one is gone (EOF on a pipe only we hold)."""
         assert self.proc is not None

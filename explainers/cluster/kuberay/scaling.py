@@ -2,7 +2,9 @@
 
 :func:`scale_worker_group` patches ``workerGroupSpecs[group].replicas`` and returns what
 :func:`restore_worker_group` needs to put it back; :func:`wait_for_nodes` waits for the
-pods to join Ray; :func:`describe_cluster` reports the connected cluster's nodes and CPUs.
+pods to join Ray (or, without a Ray connection, :func:`ready_pods` to be Ready);
+:func:`describe_cluster` reports the connected cluster's nodes and CPUs and :func:`spec_cpus`
+the CPUs the RayCluster asks for.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from typing import Any, Callable, Mapping, Optional
 from .api import (RAY_API_VERSION, RAY_GROUP, RAYCLUSTER_PLURAL, K8sError, KubeApi, api_call,
                   get_raycluster, shorten)
 
-__all__ = ["DEFAULT_WORKER_GROUP", "find_group", "worker_group_cpus", "scale_worker_group",
-           "restore_worker_group", "wait_for_nodes", "describe_cluster"]
+__all__ = ["DEFAULT_WORKER_GROUP", "find_group", "worker_group_cpus", "spec_cpus", "ready_pods",
+           "scale_worker_group", "restore_worker_group", "wait_for_nodes", "describe_cluster"]
 
 DEFAULT_WORKER_GROUP = "workers"
 
@@ -34,19 +36,49 @@ def _cpu_quantity(value: Any) -> float:
     return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
-def worker_group_cpus(raycluster: Mapping, group: str = DEFAULT_WORKER_GROUP) -> float:
-    """Ray CPUs of one pod of ``group``: rayStartParams num-cpus, else the CPU limit/request."""
-    _, g = find_group(raycluster, group)
-    params = g.get("rayStartParams") or {}
+def pod_cpus(group_spec: Mapping, what: str) -> float:
+    """Ray CPUs of one pod of a head or worker group spec: rayStartParams num-cpus, else the
+    first container's CPU limit, else its request."""
+    params = group_spec.get("rayStartParams") or {}
     if "num-cpus" in params:
         return float(params["num-cpus"])
-    containers = g.get("template", {}).get("spec", {}).get("containers", [])
+    containers = group_spec.get("template", {}).get("spec", {}).get("containers", [])
     res = (containers[0].get("resources") or {}) if containers else {}
     for kind in ("limits", "requests"):
         if "cpu" in (res.get(kind) or {}):
             return _cpu_quantity(res[kind]["cpu"])
-    raise K8sError(f"cannot tell the CPUs of a {group!r} pod: set rayStartParams num-cpus "
+    raise K8sError(f"cannot tell the CPUs of a {what} pod: set rayStartParams num-cpus "
                    "or a CPU limit")
+
+
+def worker_group_cpus(raycluster: Mapping, group: str = DEFAULT_WORKER_GROUP) -> float:
+    """Ray CPUs of one pod of ``group``: rayStartParams num-cpus, else the CPU limit/request."""
+    _, g = find_group(raycluster, group)
+    return pod_cpus(g, repr(group))
+
+
+def spec_cpus(raycluster: Mapping) -> float:
+    """Ray CPUs the RayCluster asks for: its head's plus every worker group's replicas x pod CPUs."""
+    spec = raycluster.get("spec", {})
+    total = pod_cpus(spec.get("headGroupSpec") or {}, "head")
+    for g in spec.get("workerGroupSpecs") or []:
+        total += int(g.get("replicas") or 0) * pod_cpus(g, repr(g.get("groupName")))
+    return total
+
+
+def ready_pods(api: KubeApi, namespace: str, cluster: str) -> int:
+    """Pods of RayCluster ``cluster`` (label ``ray.io/cluster``) that are Running and Ready."""
+    pods = api_call(api, f"list pods of RayCluster {namespace}/{cluster}",
+                    api.core.list_namespaced_pod, namespace,
+                    label_selector=f"ray.io/cluster={cluster}")
+    ready = 0
+    for pod in pods.items or []:
+        status = pod.status
+        conditions = (status.conditions or []) if status is not None else []
+        if (status is not None and status.phase == "Running"
+                and any(c.type == "Ready" and c.status == "True" for c in conditions)):
+            ready += 1
+    return ready
 
 
 def scale_worker_group(api: KubeApi, namespace: str, cluster: str, group: str,
@@ -112,15 +144,15 @@ def _alive_nodes() -> int:
 
 def wait_for_nodes(n: int, timeout: float, *, poll: float = 1.0,
                    count: Callable[[], int] = _alive_nodes,
-                   hint: str = "") -> int:
-    """Poll the alive Ray node count until it is at least ``n``; K8sError after ``timeout``."""
+                   what: str = "Ray nodes alive", hint: str = "") -> int:
+    """Poll ``count()`` (default: alive Ray nodes) until it is at least ``n``; K8sError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         have = count()
         if have >= n:
             return have
         if time.monotonic() >= deadline:
-            raise K8sError(f"only {have} of {n} Ray nodes alive after {timeout:.0f} s{hint}")
+            raise K8sError(f"only {have} of {n} {what} after {timeout:.0f} s{hint}")
         time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
 
 
