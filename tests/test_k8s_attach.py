@@ -355,6 +355,7 @@ def test_missing_token_detected_from_the_server(ray_head, env, api, monkeypatch)
     """The RayCluster does not say so, but the head requires a token: clear, fast error."""
     monkeypatch.setenv("FAKE_KUBECTL_TARGET", f"127.0.0.1:{ray_head}")
     rc = api.rayclusters[(NS, CLUSTER)]
+    rc["spec"].pop("authOptions", None)
     for c in rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"]:
         c["env"] = []
     with connect_k8s(NS, CLUSTER, str(env), timeout=30) as conn:
@@ -393,6 +394,12 @@ def test_token_sources(env, api, tmp_path, monkeypatch):
     # KubeRay >= 1.5.1: spec.authOptions, Secret named after the cluster by default
     generated = {"metadata": {"name": "c1"}, "spec": {"authOptions": {"mode": "token"}}}
     assert k8s.auth_requirement(generated) == k8s.AuthRequirement(True, "c1", "auth_token")
+    # as KubeRay's CheckName shortens it: the last 50 characters, no leading digit
+    generated["metadata"]["name"] = "x" * 10 + "9" + "y" * 49
+    assert k8s.auth_requirement(generated).secret_name == "r" + "y" * 49
+    # Kubernetes ServiceAccount tokens: no Secret to read, the token comes from the environment
+    generated["spec"]["authOptions"]["enableK8sTokenAuth"] = True
+    assert k8s.auth_requirement(generated) == k8s.AuthRequirement(True, None, "auth_token")
 
 
 def test_wrong_token_is_rejected(ray_head, env, api, monkeypatch):

@@ -1,13 +1,20 @@
-"""End to end against a real KubeRay cluster: ``pytest tests/test_k8s_e2e.py --ray-address k8s``.
+"""End to end against a real KubeRay cluster:
+``pytest tests/test_k8s_e2e.py --ray-address k8s --k8s-transport client``.
 
-Skipped (with the reason) unless ``--ray-address k8s`` is given and the Kubernetes API
-answers with the RayCluster; from then on every problem is a failure. Uses
+These tests run on this machine, so they are collected with the legacy transport (with the
+default, Ray Jobs, the selection would run inside the cluster). They test both transports:
+Ray Client in this process, and Ray Jobs by running ``pytest perf/ --ray-address k8s`` as a
+user does. Skipped (with the reason) unless ``--ray-address k8s`` is given and the Kubernetes
+API answers with the RayCluster; from then on every problem is a failure. Uses
 ``--k8s-namespace`` / ``--k8s-cluster`` / ``--kubeconfig`` / ``--k8s-scale`` when the plugin
 defines them.
 """
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +91,23 @@ def test_scale_up_and_restore(k8s_conn, request):
     assert nodes >= before["ray_nodes"] + 1
     k8s_conn.restore()
     assert k8s_conn.describe()["k8s_worker_replicas"] == before["k8s_worker_replicas"]
+
+
+def test_perf_selection_as_a_ray_job_lands_in_local_storage(k8s_conn, request, tmp_path):
+    """The default transport, as a user runs it: a tiny perf/ selection submitted as a Ray Job."""
+    config = request.config
+    args = [sys.executable, "-m", "pytest", "perf/test_scaling.py", "-p", "no:cacheprovider",
+            "--ray-address", "k8s", "--k8s-namespace", k8s_conn.namespace,
+            "--k8s-cluster", k8s_conn.cluster, "--backends", "pool", "--workers", "1",
+            "--batch-sizes", "10", "--n-instances", "8", "--nruns", "1",
+            f"--benchmark-json={tmp_path / 'run.json'}"]
+    if _opt(config, "kubeconfig", None):
+        args += ["--kubeconfig", str(_opt(config, "kubeconfig", None))]
+    done = subprocess.run(args, cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    run = json.loads((tmp_path / "run.json").read_text())
+    machine = run["machine_info"]
+    assert machine["ray_transport"] == "jobs" and machine["k8s_cluster"] == k8s_conn.cluster
+    assert machine["ray_nodes"] >= 2
+    assert any("pool-w1-b10" in b["name"] for b in run["benchmarks"])

@@ -7,9 +7,11 @@
   (``$KUBERAY_CRD`` or ``../shared/k8s/ray.io_rayclusters.yaml``; skipped when absent),
   plus a walk that rejects fields the schema does not know (the CRD itself allows them).
 * Pod templates and built-in kinds are validated with ``kubernetes-validate`` (strict).
-* Then the suite's own requirements: versions, resources, /dev/shm, token Secret (the
-  hardening -- securityContext, NetworkPolicy, pinned image and dependencies -- is checked
-  in tests/test_faults_k8s_hardening.py).
+* Then the suite's own requirements: versions, resources, /dev/shm, KubeRay's own token
+  mode (``spec.authOptions`` naming the token Secret), the dashboard port the Jobs
+  transport forwards, the KubeRay version k8s/README.md pins, the kind-ci overlay's size
+  (the hardening -- securityContext, NetworkPolicy, pinned image and dependencies -- is
+  checked in tests/test_faults_k8s_hardening.py).
 """
 from __future__ import annotations
 
@@ -32,9 +34,15 @@ from explainers.cluster import kuberay as k8s  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-KUSTOMIZATIONS = [K8S, K8S / "base", K8S / "overlays" / "two-nodes"]
+KUSTOMIZATIONS = [K8S, K8S / "base", K8S / "overlays" / "two-nodes",
+                  K8S / "overlays" / "kind-ci"]
 K8S_VERSION = "1.33"  # Kubernetes schema version used by kubernetes-validate
 SECRET_NAME, SECRET_KEY = "kernelshap-ray-token", "auth_token"
+DASHBOARD_PORT = 8265  # the Ray Jobs API, port-forwarded by --ray-address k8s
+#: the first KubeRay release whose RayCluster has ``spec.authOptions.secretName``
+KUBERAY_MIN_FOR_SECRET_NAME = (1, 6, 0)
+#: CPUs a 4-vCPU CI runner leaves to the RayCluster after kind's system pods and the operator
+KIND_CI_CPUS = 3.0
 
 try:
     import ray
@@ -325,16 +333,58 @@ def test_dev_shm_is_memory_backed_and_fits_the_object_store(rendered):
                     c["resources"]["limits"]["memory"])
 
 
-def test_ray_client_port_and_token_from_secret(rendered):
+def test_head_service_ports(rendered):
+    """KubeRay puts the head container's named ports on the head service."""
     for rc in rayclusters(rendered):
         head = rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        assert {"name": "dashboard", "containerPort": DASHBOARD_PORT} in head["ports"]
         assert {"name": "client", "containerPort": 10001} in head["ports"]
+
+
+def test_network_policy_lets_in_the_dashboard(rendered):
+    [head_policy] = [d for d in rendered if d["kind"] == "NetworkPolicy"
+                     and d["spec"]["podSelector"]["matchLabels"].get("ray.io/node-type") == "head"]
+    ports = {p["port"] for rule in head_policy["spec"]["ingress"] for p in rule.get("ports", [])}
+    assert DASHBOARD_PORT in ports
+
+
+def test_token_auth_by_kuberay_from_the_secret(rendered):
+    for rc in rayclusters(rendered):
+        assert rc["spec"]["authOptions"] == {"mode": "token", "secretName": SECRET_NAME}
         for group, c in containers(rc):
-            env = {e["name"]: e for e in c["env"]}
-            assert env["RAY_AUTH_MODE"]["value"] == "token", group
-            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
-                "name": SECRET_NAME, "key": SECRET_KEY}, group
-            assert "value" not in env["RAY_AUTH_TOKEN"]
-        auth = k8s.auth_requirement(rc)  # what connect_k8s will read
+            # the operator adds these, and skips a name the template already sets
+            names = {e["name"] for e in c.get("env", [])}
+            assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}, group
+        auth = k8s.auth_requirement(rc)  # what the plugin will read
         assert (auth.required, auth.secret_name, auth.secret_key) == (
             True, SECRET_NAME, SECRET_KEY)
+
+
+def pinned_kuberay_version() -> str:
+    """The KubeRay operator version k8s/README.md installs (``helm install ... --version``)."""
+    text = (K8S / "README.md").read_text()
+    found = set(re.findall(r"helm install kuberay-operator kuberay/kuberay-operator"
+                           r"[^\n]*?--version[ =](\d+\.\d+\.\d+)", text))
+    assert len(found) == 1, f"k8s/README.md must pin one KubeRay version, found {sorted(found)}"
+    return found.pop()
+
+
+def test_pinned_kuberay_supports_the_manifests():
+    version = tuple(int(p) for p in pinned_kuberay_version().split("."))
+    assert version >= KUBERAY_MIN_FOR_SECRET_NAME
+
+
+def test_kind_ci_overlay_fits_a_small_runner():
+    base = rayclusters(render(K8S))[0]
+    small = rayclusters(render(K8S / "overlays" / "kind-ci"))[0]
+    def limit(group: dict) -> float:
+        return sum(float(c["resources"]["limits"]["cpu"])
+                   for c in group["template"]["spec"]["containers"])
+
+    spec = small["spec"]
+    cpus = limit(spec["headGroupSpec"]) + sum(g["replicas"] * limit(g)
+                                              for g in spec["workerGroupSpecs"])
+    assert cpus <= KIND_CI_CPUS
+    assert k8s.worker_group_cpus(small, "workers") >= 1
+    for key in ("authOptions", "rayVersion", "enableInTreeAutoscaling"):
+        assert small["spec"][key] == base["spec"][key]

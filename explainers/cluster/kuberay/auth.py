@@ -44,12 +44,33 @@ def _head_env(raycluster: Mapping) -> dict[str, Mapping]:
     return {e.get("name"): e for c in containers for e in (c.get("env") or [])}
 
 
+#: the longest name KubeRay keeps for the objects it names after a RayCluster
+KUBERAY_NAME_LIMIT = 50
+
+
+def operator_secret_name(cluster: str) -> str:
+    """The token Secret KubeRay makes for RayCluster ``cluster`` without ``secretName``: the
+    name as its ``CheckName`` shortens it (the last 50 characters; a leading digit or
+    punctuation mark becomes ``r``)."""
+    name = cluster[-KUBERAY_NAME_LIMIT:]
+    if name and not name[0].isalpha():
+        name = "r" + name[1:]
+    return name
+
+
 def auth_requirement(raycluster: Mapping) -> AuthRequirement:
-    """Read token-auth settings from a RayCluster: ``spec.authOptions`` or the head env."""
+    """Read token-auth settings from a RayCluster: ``spec.authOptions`` or the head env.
+
+    ``authOptions.enableK8sTokenAuth`` (Kubernetes ServiceAccount tokens) names no Secret:
+    the token must then come from ``$RAY_AUTH_TOKEN``.
+    """
     opts = raycluster.get("spec", {}).get("authOptions") or {}
-    name = raycluster.get("metadata", {}).get("name")
+    name = str(raycluster.get("metadata", {}).get("name") or "")
     if opts.get("mode") == "token":
-        return AuthRequirement(True, opts.get("secretName") or name, TOKEN_SECRET_KEY)
+        if opts.get("enableK8sTokenAuth"):
+            return AuthRequirement(True, None, TOKEN_SECRET_KEY)
+        return AuthRequirement(True, opts.get("secretName") or operator_secret_name(name),
+                               TOKEN_SECRET_KEY)
     env = _head_env(raycluster)
     mode = (env.get("RAY_AUTH_MODE") or {}).get("value", "")
     if str(mode).lower() != "token":
@@ -95,6 +116,7 @@ def resolve_token(api: Optional[KubeApi], namespace: str, auth: AuthRequirement,
         except K8sError as exc:
             why = str(exc)
     raise K8sError(
-        "the RayCluster requires Ray token authentication (RAY_AUTH_MODE=token) but no token "
+        "the RayCluster requires Ray token authentication (spec.authOptions.mode: token or "
+        "RAY_AUTH_MODE=token) but no token "
         f"was found ({why}): " + TOKEN_HELP.format(
             secret=auth.secret_name or "<secret>", ns=namespace, key=auth.secret_key))
