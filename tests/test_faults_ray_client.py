@@ -17,14 +17,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -32,18 +25,12 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from explainers.cluster import session as cluster  # noqa: E402
-from explainers.cluster.kuberay import probe_ray_client  # noqa: E402
+from ray_heads import RayHead, free_port  # noqa: E402
 
 #: the processes a local Ray (``ray.init()`` starting a head) runs on this machine
 LOCAL_RAY_NAMES = ("raylet", "gcs_server")
 LOCAL_RAY_CMDLINE = ("dashboard/agent.py", "runtime_env/agent/main.py", "dashboard/dashboard.py",
                      "log_monitor.py", "monitor.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _refresh_ray_auth() -> None:
@@ -52,92 +39,6 @@ def _refresh_ray_auth() -> None:
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
-
-
-class Head:
-    """``ray start --head --block`` in a temp dir of its own, with token auth."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-        self.temp_dir = tempfile.mkdtemp(prefix="kfr", dir="/tmp")  # short: socket paths
-        ports = {name: _free_port() for name in (
-            "port", "ray-client-server-port", "node-manager-port", "object-manager-port",
-            "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-            "runtime-env-agent-port", "metrics-export-port")}
-        self.port = ports["ray-client-server-port"]
-        self.address = f"ray://127.0.0.1:{self.port}"
-        env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
-                   RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
-        for var in ("RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
-            env.pop(var, None)
-        cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-               "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
-               f"--object-store-memory={100 * 1024**2}", f"--temp-dir={self.temp_dir}"]
-        cmd += [f"--{k}={v}" for k, v in ports.items()]
-        self.log = open(os.path.join(self.temp_dir, "ray_start.log"), "w")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 90
-        while True:
-            if self.proc.poll() is not None:
-                self.stop()
-                pytest.fail(f"ray start exited with {self.proc.returncode}: "
-                            f"{Path(self.log.name).read_text()[-2000:]}")
-            try:
-                probe_ray_client("127.0.0.1", self.port, token, timeout=2)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise
-
-    def processes(self) -> list[psutil.Process]:
-        """Every live process of this head: ``ray start`` and what it started."""
-        found: dict[int, psutil.Process] = {}
-        try:
-            root = psutil.Process(self.proc.pid)
-            for p in [root, *root.children(recursive=True)]:
-                found[p.pid] = p
-        except psutil.Error:
-            pass
-        for p in psutil.process_iter(["cmdline"]):
-            try:
-                if any(self.temp_dir in a for a in (p.info["cmdline"] or [])):
-                    found[p.pid] = p
-            except psutil.Error:
-                pass
-        alive = []
-        for p in found.values():
-            try:
-                if p.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(p)
-            except psutil.Error:
-                pass
-        return alive
-
-    def kill(self) -> None:
-        """SIGKILL every process of the head at once (a node that vanishes)."""
-        for p in self.processes():
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # --block: ray start stops what it started
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill()
-        self.log.close()
-        if not os.environ.get("KEEP_RAY_TMP"):
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def _local_ray(exclude_dir: str) -> dict[int, str]:
@@ -177,7 +78,7 @@ def client_env(tmp_path, monkeypatch):
                             ":pytest.PytestUnhandledThreadExceptionWarning")
 def test_head_death_mid_call_names_the_address_and_starts_no_local_ray(client_env):
     token = secrets.token_hex(16)
-    head = Head(token)
+    head = RayHead(token, prefix="kfr")
     try:
         # the user's shell exported the token (as the message of a token-protected head says)
         client_env.setenv("RAY_AUTH_MODE", "token")
@@ -249,7 +150,7 @@ def test_head_death_mid_call_names_the_address_and_starts_no_local_ray(client_en
 
 def test_token_required_wrong_token_and_nothing_listening(client_env):
     token = secrets.token_hex(16)
-    head = Head(token)
+    head = RayHead(token, prefix="kfr")
     try:
         before = _local_ray(head.temp_dir)
         t0 = time.monotonic()
@@ -272,7 +173,7 @@ def test_token_required_wrong_token_and_nothing_listening(client_env):
         assert os.environ["RAY_AUTH_TOKEN"] == "not-" + token  # the user's value, untouched
         assert "RAY_AUTH_MODE" not in os.environ
 
-        nothing = f"ray://127.0.0.1:{_free_port()}"
+        nothing = f"ray://127.0.0.1:{free_port()}"
         t0 = time.monotonic()
         with pytest.raises(cluster.ClusterConnectionError,
                            match=rf"nothing answers at {re.escape(nothing)}"):

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,67 +23,21 @@ ray = pytest.importorskip("ray")
 from explainers.cluster import kuberay as k8s  # noqa: E402
 from explainers.cluster.kuberay import K8sError, connect_k8s  # noqa: E402
 from k8s_fakes import CLUSTER, NS, TOKEN, FakeKubeAPI  # noqa: E402
+from ray_heads import RayHead, free_port  # noqa: E402
 
 FAKE_KUBECTL_DIR = Path(__file__).resolve().parent / "fake_kubectl"
 
 
 # ----------------------------------------------------------------------------- Ray head
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head():
     """A local Ray head (1 CPU, token auth) with its Ray Client server; yields its port."""
-    temp_dir = tempfile.mkdtemp(prefix="ksr", dir="/tmp")  # short: unix socket paths
-    ports = {name: _free_port() for name in (
-        "port", "ray-client-server-port", "node-manager-port", "object-manager-port",
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-        "runtime-env-agent-port", "metrics-export-port")}
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN,
-               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
-    env.pop("RAY_AUTH_TOKEN_PATH", None)
-    env.pop("RAY_ADDRESS", None)
-    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-           "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
-           f"--object-store-memory={100 * 1024**2}", f"--temp-dir={temp_dir}"]
-    cmd += [f"--{k}={v}" for k, v in ports.items()]
-    log = open(os.path.join(temp_dir, "ray_start.log"), "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    port = ports["ray-client-server-port"]
+    head = RayHead(TOKEN, prefix="ksr")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ray start exited with {proc.returncode}: "
-                            f"{Path(log.name).read_text()[-2000:]}")
-            try:
-                k8s.probe_ray_client("127.0.0.1", port, TOKEN, timeout=2)
-                break
-            except K8sError:
-                if time.monotonic() > deadline:
-                    raise
-        yield port
+        yield head.port
     finally:
-        proc.send_signal(signal.SIGTERM)  # --block: ray start stops what it started
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        for p in psutil.process_iter(["cmdline"]):  # anything left that used our temp dir
-            try:
-                if any(temp_dir in a for a in (p.info["cmdline"] or [])):
-                    p.kill()
-            except psutil.Error:
-                pass
-        log.close()
-        if not os.environ.get("KEEP_RAY_TMP"):
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        head.stop()
 
 
 # ----------------------------------------------------------------------------- fake API
@@ -204,7 +154,7 @@ def test_kubeconfig_from_environment(env, api, monkeypatch):
 
 
 def test_api_server_unreachable(env, api, tmp_path):
-    closed = _free_port()  # nothing listens there
+    closed = free_port()  # nothing listens there
     cfg = api.kubeconfig(tmp_path / "closed-kubeconfig", port=closed)
     t0 = time.monotonic()
     with pytest.raises(K8sError, match=rf"API server at http://127.0.0.1:{closed} .* is "

@@ -13,12 +13,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -29,6 +26,7 @@ import pytest
 pytest.importorskip("ray")
 
 from k8s_fakes import CLUSTER, NS, TOKEN, FakeKubeAPI  # noqa: E402
+from ray_heads import RayHead, alive  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_KUBECTL_DIR = Path(__file__).resolve().parent / "fake_kubectl"
@@ -36,114 +34,34 @@ FAKE_KUBECTL_DIR = Path(__file__).resolve().parent / "fake_kubectl"
 LOCAL_RUN_TIMEOUT = 240
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class DashboardHead:
-    """``ray start --head --block`` with the dashboard and token auth, in a temp dir of its own."""
-
-    def __init__(self, token: str) -> None:
-        self.temp_dir = tempfile.mkdtemp(prefix="ksj", dir="/tmp")  # short: socket paths
-        ports = {name: _free_port() for name in (
-            "port", "dashboard-port", "ray-client-server-port", "node-manager-port",
-            "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-            "runtime-env-agent-port", "metrics-export-port")}
-        self.dashboard_port = ports["dashboard-port"]
-        # the "image": this interpreter, with the project installed, first on PATH
-        env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
-                   RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        for var in ("RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "PYTEST_ADDOPTS"):
-            env.pop(var, None)
-        cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-               "--num-cpus=1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-               "--disable-usage-stats", f"--object-store-memory={150 * 1024**2}",
-               f"--temp-dir={self.temp_dir}"]
-        cmd += [f"--{k}={v}" for k, v in ports.items()]
-        self.log = open(os.path.join(self.temp_dir, "ray_start.log"), "w")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                self.stop()
-                pytest.fail(f"ray start exited with {self.proc.returncode}: "
-                            f"{Path(self.log.name).read_text()[-2000:]}")
-            try:
-                self.client().get_version()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise
-                time.sleep(1)
-
-    def client(self):
-        from ray.job_submission import JobSubmissionClient
-
-        return JobSubmissionClient(f"http://127.0.0.1:{self.dashboard_port}",
-                                   headers={"Authorization": f"Bearer {TOKEN}"})
-
-    def jobs(self) -> dict[str, str]:
-        """Every job the head has seen: id -> status."""
-        return {j.submission_id: str(j.status.value) for j in self.client().list_jobs()}
-
-    def processes(self) -> list[psutil.Process]:
-        found: dict[int, psutil.Process] = {}
-        try:
-            root = psutil.Process(self.proc.pid)
-            found.update({p.pid: p for p in [root, *root.children(recursive=True)]})
-        except psutil.Error:
-            pass
-        for p in psutil.process_iter(["cmdline"]):
-            try:
-                if any(self.temp_dir in a for a in (p.info["cmdline"] or [])):
-                    found[p.pid] = p
-            except psutil.Error:
-                pass
-        return [p for p in found.values() if _alive(p)]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # --block: ray start stops what it started
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                pass
-        for p in self.processes():
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        self.log.close()
-        if not os.environ.get("KEEP_RAY_TMP"):
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def _fake_kubectl_processes() -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if any(str(FAKE_KUBECTL_DIR) in a for a in (p.info["cmdline"] or [])) and _alive(p):
+            if any(str(FAKE_KUBECTL_DIR) in a for a in (p.info["cmdline"] or [])) and alive(p):
                 found.append(p)
         except psutil.Error:
             pass
     return found
 
 
+class DashboardHead(RayHead):
+    """The "cluster": a head with its dashboard, this interpreter (with the project installed,
+    as in the image) first on its PATH, so jobs run ``python`` from it."""
+
+    def __init__(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+        super().__init__(TOKEN, dashboard=True, prefix="ksj", env=env, object_store_mb=150)
+
+    def jobs(self) -> dict[str, str]:
+        """Every job the head has seen: id -> status."""
+        return {j.submission_id: str(j.status.value) for j in self.job_client().list_jobs()}
+
+
 @pytest.fixture(scope="module")
 def head():
-    server = DashboardHead(TOKEN)
+    server = DashboardHead()
     try:
         yield server
     finally:
@@ -330,12 +248,17 @@ def _wait_status(head, job: str, timeout: float = 30) -> str:
     return status
 
 
-def test_a_forward_that_dies_mid_job_is_a_clear_error_and_the_job_is_stopped(local, head, tmp_path):
+def _start_sleeping_job(local, head, tmp_path) -> tuple[subprocess.Popen, str]:
+    """The user's pytest, running a job whose test sleeps; the process and the job id."""
     project = _project(tmp_path, SLEEPER)
     before = set(head.jobs())
     proc = local.start(["perf", "-s"], cwd=project)
     local.wait_for("remote test started")
-    job = _running_job(head, before)
+    return proc, _running_job(head, before)
+
+
+def test_a_forward_that_dies_mid_job_is_a_clear_error_and_the_job_is_stopped(local, head, tmp_path):
+    proc, job = _start_sleeping_job(local, head, tmp_path)
     [kubectl] = [p for p in _fake_kubectl_processes() if p.ppid() == proc.pid]
     kubectl.kill()  # the forward dies (a head pod restarting, a laptop going to sleep)
     code, out = local.finish()
@@ -346,11 +269,7 @@ def test_a_forward_that_dies_mid_job_is_a_clear_error_and_the_job_is_stopped(loc
 
 
 def test_ctrl_c_stops_the_job(local, head, tmp_path):
-    project = _project(tmp_path, SLEEPER)
-    before = set(head.jobs())
-    proc = local.start(["perf", "-s"], cwd=project)
-    local.wait_for("remote test started")
-    job = _running_job(head, before)
+    proc, job = _start_sleeping_job(local, head, tmp_path)
     proc.send_signal(signal.SIGINT)
     code, out = local.finish()
     assert code == 2, out

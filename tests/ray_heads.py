@@ -1,0 +1,140 @@
+"""A real local Ray head for the tests that need one outside their own process: ``RayHead``.
+
+``ray start --head --block`` with token authentication, in a temp dir of its own (short: unix
+socket paths), on free ports, 1 CPU; optionally with the dashboard (the Ray Jobs API). It is
+started and stopped by process id: ``stop()`` sends SIGTERM to ``ray start`` (``--block``
+stops what it started), then kills whatever of it is left; nothing else on the machine is
+touched.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Mapping
+
+import psutil
+import pytest
+
+#: seconds a head has to come up before the test fails
+START_TIMEOUT = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class RayHead:
+    """A local Ray head with token auth: ``port`` (Ray Client), ``address`` (``ray://``),
+    ``dashboard_port`` (with ``dashboard=True``), ``temp_dir``, ``proc`` (``ray start``)."""
+
+    def __init__(self, token: str, *, dashboard: bool = False, prefix: str = "krh",
+                 env: Mapping[str, str] | None = None, object_store_mb: int = 100) -> None:
+        self.token = token
+        self.temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+        names = ["port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+                 "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                 "runtime-env-agent-port", "metrics-export-port"]
+        if dashboard:
+            names.append("dashboard-port")
+        ports = {name: free_port() for name in names}
+        self.port = ports["ray-client-server-port"]
+        self.address = f"ray://127.0.0.1:{self.port}"
+        self.dashboard_port = ports.get("dashboard-port")
+        full_env = dict(os.environ if env is None else env, RAY_AUTH_MODE="token",
+                        RAY_AUTH_TOKEN=token, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+        for var in ("RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+            full_env.pop(var, None)
+        cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+               "--num-cpus=1", f"--include-dashboard={'true' if dashboard else 'false'}",
+               "--disable-usage-stats", f"--object-store-memory={object_store_mb * 1024**2}",
+               f"--temp-dir={self.temp_dir}"]
+        if dashboard:
+            cmd.append("--dashboard-host=127.0.0.1")
+        cmd += [f"--{k}={v}" for k, v in ports.items()]
+        self.log = open(os.path.join(self.temp_dir, "ray_start.log"), "w")
+        self.proc = subprocess.Popen(cmd, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self._wait_up()
+
+    def _wait_up(self) -> None:
+        from explainers.cluster.kuberay import probe_ray_client
+
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                self.stop()
+                pytest.fail(f"ray start exited with {self.proc.returncode}: "
+                            f"{Path(self.log.name).read_text()[-2000:]}")
+            try:
+                probe_ray_client("127.0.0.1", self.port, self.token, timeout=2)
+                if self.dashboard_port is not None:
+                    self.job_client().get_version()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.5)
+
+    def job_client(self):
+        """A Ray Jobs client of the dashboard, with the token."""
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(f"http://127.0.0.1:{self.dashboard_port}",
+                                   headers={"Authorization": f"Bearer {self.token}"})
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of this head: ``ray start`` and what it started."""
+        found: dict[int, psutil.Process] = {}
+        try:
+            root = psutil.Process(self.proc.pid)
+            found.update({p.pid: p for p in [root, *root.children(recursive=True)]})
+        except psutil.Error:
+            pass
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if any(self.temp_dir in a for a in (p.info["cmdline"] or [])):
+                    found[p.pid] = p
+            except psutil.Error:
+                pass
+        return [p for p in found.values() if alive(p)]
+
+    def kill(self) -> None:
+        """SIGKILL every process of the head at once (a node that vanishes)."""
+        for p in self.processes():
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # --block: ray start stops what it started
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+        self.log.close()
+        if not os.environ.get("KEEP_RAY_TMP"):
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
