@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import json
 import subprocess
@@ -17,15 +18,29 @@ from pathlib import Path
 
 import pytest
 
+from matplotlib.figure import Figure
+
 from explainers.bench import report
+from explainers.bench.figures import axes_settings, mixed_axes, setting_gid
 from explainers.bench.report import ReportError, ReportWarning, build_report, load_results, write_report
 
 SMALL = Path(__file__).parent / "data" / "benchmark_results_small.json"
+NEWEST = sorted((Path(__file__).resolve().parents[1] / ".benchmarks" / "Linux-CPython-3.11-64bit").glob("0020_*.json"))
 PANEL_ORDER = ["pool", "serve-ray", "serve-default", "data"]
 
 
 def _raw() -> dict:
     return json.loads(SMALL.read_text())
+
+
+def _setting_part() -> str:
+    info = _raw()["benchmarks"][0]["extra_info"]
+    return f"{info['n_instances']}x{info['nsamples']}"
+
+
+TIME = f"time_vs_workers_{_setting_part()}"
+SPEEDUP = f"speedup_{_setting_part()}"
+VS_REFERENCE = f"speedup_vs_reference_{_setting_part()}"
 
 
 def _panel(info: dict) -> str:
@@ -70,8 +85,7 @@ def built(tmp_path_factory):
 
 def test_files_exist(built):
     names = {p.name for p in built.files.values()}
-    assert names == {"summary.md", "time_vs_workers.png", "speedup.png", "reference.png",
-                     "speedup_vs_reference.png"}
+    assert names == {"summary.md", f"{TIME}.png", f"{SPEEDUP}.png", "reference.png", f"{VS_REFERENCE}.png"}
     for path in built.files.values():
         assert path.parent == built.out_dir and path.stat().st_size > 0
         if path.suffix == ".png":
@@ -114,8 +128,8 @@ def test_summary_names_the_run_and_links_figures(built):
     text = built.markdown
     raw = _raw()
     assert raw["datetime"] in text and raw["machine_info"]["ray_version"] in text
-    for name in ("time_vs_workers.png", "speedup.png", "reference.png"):
-        assert f"]({name})" in text
+    for name in (TIME, SPEEDUP, "reference"):
+        assert f"]({name}.png)" in text
     assert "## Reference study (published)" in text
 
 
@@ -128,7 +142,7 @@ def _visible_axes(fig):
 
 def test_time_figure_panels_and_lines(built):
     raw = _raw()
-    fig = built.figures["time_vs_workers"]
+    fig = built.figures[TIME]
     axes = _visible_axes(fig)
     panels = [p for p in PANEL_ORDER if _benches(raw, p)]
     assert [ax.get_title() for ax in axes] == [report.PANEL_TITLES[p] for p in panels]
@@ -160,12 +174,13 @@ def test_time_figure_panels_and_lines(built):
         assert ax.get_ylim()[1] >= max(b["stats"]["max"] for b in raw["benchmarks"])
     legend = fig.legends[0]
     assert "fastest to slowest round" in legend.get_title().get_text()
-    assert {t.get_text() for t in legend.get_texts()} >= {"serial baseline, no Ray", "batch size 1"}
+    texts = {t.get_text() for t in legend.get_texts()}
+    assert "batch size 1" in texts and f"serial baseline, no Ray: {serial:.3g} s" in texts
 
 
 def test_speedup_figure_has_ideal_lines(built):
     raw = _raw()
-    fig = built.figures["speedup"]
+    fig = built.figures[SPEEDUP]
     axes = _visible_axes(fig)
     panels = [p for p in PANEL_ORDER if _benches(raw, p)]
     assert len(axes) == 2 * len(panels)
@@ -208,7 +223,7 @@ def test_reference_figures(built):
     assert titles == {"pool, 1 node", "serve, 1 node", "pool, 2 nodes (k8s)",
                       "serve ray, 2 nodes (k8s)", "serve default, 2 nodes (k8s)"}
     assert "2560" in ref.get_suptitle()
-    cmp_fig = built.figures["speedup_vs_reference"]
+    cmp_fig = built.figures[VS_REFERENCE]
     pool_ax = next(ax for ax in cmp_fig.axes if ax.get_title() == report.PANEL_TITLES["pool"])
     lines = {ln.get_label(): ln for ln in pool_ax.get_lines()}
     for label, setting in (("study pool, 1 node", "pool"), ("study pool, 2 nodes (k8s)", "k8s_pool")):
@@ -221,9 +236,83 @@ def test_reference_figures(built):
 
 def test_no_reference_by_default(tmp_path):
     result = build_report(SMALL, tmp_path)
-    assert set(result.files) == {"summary", "time_vs_workers", "speedup"}
+    assert set(result.files) == {"summary", TIME, SPEEDUP}
     assert not (tmp_path / "reference.png").exists()
     assert "Reference study" not in result.markdown
+
+
+# ---------------------------------------------------------------- one setting per axis
+
+
+@pytest.fixture(scope="module")
+def newest(tmp_path_factory):
+    """The report of the newest saved main-job run (several suites, two settings, the headline)."""
+    assert NEWEST, "no saved run 0020"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReportWarning)
+        return build_report(NEWEST, tmp_path_factory.mktemp("newest"), reference=True)
+
+
+def test_every_figure_holds_one_setting_per_axis(built, newest):
+    for result in (built, newest):
+        for name, fig in result.figures.items():
+            assert mixed_axes(fig) == [], name
+            drawn = [ax for ax in _visible_axes(fig) if ax.get_lines() or ax.patches]
+            if name != "reference":  # the study's own figure: published values only
+                assert all(len(axes_settings(ax)) == 1 for ax in drawn), name
+
+
+def test_the_check_fails_for_a_figure_mixing_two_settings():
+    records = load_results([SMALL])
+    one = records[0].setting
+    two = (one[0], one[1] * 40, one[2] * 2)
+    fig = Figure()
+    ax = fig.subplots()
+    ax.plot([1, 2], [3.0, 2.0], gid=setting_gid(one), label="batch size 1")
+    ax.axhline(59.0, gid=setting_gid(two), label="the headline")
+    problems = mixed_axes(fig)
+    assert len(problems) == 1 and "2 settings" in problems[0] and f"{two[1]} instances" in problems[0]
+    mixed = [*records, *(dataclasses.replace(r, n_instances=two[1]) for r in records)]
+    with pytest.raises(ValueError, match="one setting; got 2"):
+        report.plot_time_vs_workers(mixed)
+
+
+def test_the_newest_run_has_a_figure_per_setting_and_the_headline_its_own(newest):
+    recs = newest.records
+    grid = [r for r in recs if not r.headline]
+    heads = [r for r in recs if r.headline]
+    (grid_setting,) = {r.setting for r in grid if r.panel != "serial"}
+    (head_setting,) = {r.setting for r in heads}
+    assert grid_setting != head_setting
+    part = lambda s: f"{s[1]}x{s[2]}"  # noqa: E731
+    names = list(newest.figures)
+    assert names[0] == f"time_vs_workers_{part(grid_setting)}"  # the study's experiment first
+    assert f"headline_{part(head_setting)}" in names and f"speedup_{part(grid_setting)}" in names
+    assert f"![time_vs_workers_{part(grid_setting)}.png]" in newest.markdown
+    # each figure's y axis is scaled to its own setting, not to the other's
+    time_fig = newest.figures[f"time_vs_workers_{part(grid_setting)}"]
+    top = max(r.max for r in recs if r.setting == grid_setting)
+    for ax in _visible_axes(time_fig):
+        assert top <= ax.get_ylim()[1] <= 1.2 * top
+    head_fig = newest.figures[f"headline_{part(head_setting)}"]
+    (ax,) = _visible_axes(head_fig)
+    assert sorted(p.get_height() for p in ax.patches) == pytest.approx(sorted(r.mean for r in heads))
+    serial = [ln for ln in ax.get_lines() if ln.get_label().startswith("serial baseline")]
+    engine = next(r for r in recs if r.setting == head_setting and r.panel == "serial")
+    assert engine.suite == "engine" and engine.n_instances == head_setting[1] and engine.nsamples == head_setting[2]
+    assert len(serial) == 1 and list(serial[0].get_ydata()) == pytest.approx([engine.mean] * 2)
+    assert max(r.max for r in heads) <= ax.get_ylim()[1] <= 1.2 * max(r.max for r in heads + [engine])
+    # the serial baseline of each setting, in every panel of its time figure
+    for ax in _visible_axes(time_fig):
+        assert len([ln for ln in ax.get_lines() if ln.get_label().startswith("serial baseline")]) == 1
+
+
+def test_figures_of_an_earlier_report_are_removed(tmp_path):
+    (tmp_path / "time_vs_workers.png").write_bytes(b"old")
+    (tmp_path / "history_amd-epyc.png").write_bytes(b"not the report's")
+    result = build_report(SMALL, tmp_path)
+    assert result.removed == [tmp_path / "time_vs_workers.png"]
+    assert not (tmp_path / "time_vs_workers.png").exists() and (tmp_path / "history_amd-epyc.png").exists()
 
 
 # ---------------------------------------------------------------- loading rules
@@ -244,7 +333,7 @@ def test_load_results_records_match_json():
 
 def test_write_report_takes_the_in_memory_session_json(tmp_path):
     result = write_report(_raw(), tmp_path / "out")
-    assert result.files["summary"].exists() and result.files["time_vs_workers"].exists()
+    assert result.files["summary"].exists() and result.files[TIME].exists()
     assert {r.source for r in result.records} == {"<session>"}
 
 
@@ -393,10 +482,14 @@ def test_two_clusters_get_separate_lines_and_tables(tmp_path):
                           tmp_path / "out")
     assert len(result.records) == 2 * len(one["benchmarks"])
     assert result.markdown.count("| backend |") == 2
-    ax = _visible_axes(result.figures["time_vs_workers"])[0]
-    labels = [c.get_label() for c in ax.containers]
-    assert "batch size 1 (local, 1 node, 2 CPUs)" in labels
-    assert "batch size 1 (local, 2 nodes, 4 CPUs)" in labels
+    part = _setting_part()
+    times = {name: fig for name, fig in result.figures.items() if name.startswith("time_vs_workers_")}
+    assert set(times) == {f"time_vs_workers_local-1-node-2-cpus_{part}", f"time_vs_workers_local-2-nodes-4-cpus_{part}"}
+    for name, fig in times.items():
+        assert not mixed_axes(fig)
+        assert ("2 nodes, 4 CPUs" if "2-nodes" in name else "1 node, 2 CPUs") in fig.get_suptitle()
+        ax = _visible_axes(fig)[0]
+        assert "batch size 1" in [c.get_label() for c in ax.containers]
 
 
 def test_without_serial_baseline_there_is_no_speedup_figure(tmp_path):
@@ -406,8 +499,8 @@ def test_without_serial_baseline_there_is_no_speedup_figure(tmp_path):
         bench["extra_info"].update(speedup=None, efficiency=None)
     with pytest.warns(ReportWarning, match="no speedups"):
         result = build_report(_write(tmp_path, raw), tmp_path / "out")
-    assert set(result.files) == {"summary", "time_vs_workers"}
-    assert not any(ln.get_label().startswith("serial") for ax in result.figures["time_vs_workers"].axes
+    assert set(result.files) == {"summary", TIME}
+    assert not any(ln.get_label().startswith("serial") for ax in result.figures[TIME].axes
                    for ln in ax.get_lines())
     rows = _table_rows(result.markdown)
     assert len(rows) == len(raw["benchmarks"]) and {r["speedup"] for r in rows} == {"—"}
@@ -425,7 +518,7 @@ def test_cli_writes_the_report(tmp_path):
     out = tmp_path / "out"
     proc = _cli(str(SMALL), "--out", str(out), "--reference", "--title", "Dev box")
     assert proc.returncode == 0, proc.stderr
-    for name in ("summary.md", "time_vs_workers.png", "speedup.png", "reference.png"):
+    for name in ("summary.md", f"{TIME}.png", f"{SPEEDUP}.png", "reference.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "summary.md").read_text().startswith("# Dev box")
     assert f"wrote {out / 'summary.md'}" in proc.stdout

@@ -16,10 +16,10 @@ from explainers.bench.reference import (
     reference_serial,
     reference_speedups,
 )
-from explainers.bench.results import DEFAULT_TITLE, Record
+from explainers.bench.results import DEFAULT_TITLE, Record, settings_of
 from explainers.bench.saved_runs import SavedRun
 
-__all__ = ["TABLE_COLUMNS", "CEILING_COLUMNS", "OVERHEAD_COLUMN", "render_markdown"]
+__all__ = ["TABLE_COLUMNS", "CEILING_COLUMNS", "REUSE_COLUMN", "OVERHEAD_COLUMN", "render_markdown"]
 
 TABLE_COLUMNS = ("backend", "serve mode", "workers", "batch size", "instances", "nsamples", "rounds",
                  "mean s", "stddev s", "min s", "max s", "explanations/s", "speedup", "efficiency",
@@ -39,6 +39,8 @@ def _fmt(x: Any, spec: str = "") -> str:
 
 #: shown when a table's records measured the plain-process ceiling (``perf/test_backends.py``)
 CEILING_COLUMNS = ("plain processes speedup", "share of plain processes")
+#: shown when some of a table's records reused coalition values (``perf/test_mission.py`` times both)
+REUSE_COLUMN = "reuse coalitions"
 #: shown when a table's records accounted the machine's CPU per call (``explainers.bench.machine_cpu``)
 OVERHEAD_COLUMN = "driver + Ray CPU share"
 
@@ -46,8 +48,10 @@ OVERHEAD_COLUMN = "driver + Ray CPU share"
 def _table(records: Sequence[Record]) -> list[str]:
     ceiling = any(r.vs_processes is not None for r in records)
     overhead = any(r.overhead_cpu_share is not None for r in records)
-    columns = TABLE_COLUMNS + (CEILING_COLUMNS if ceiling else ()) + ((OVERHEAD_COLUMN,) if overhead else ())
-    right = {c for c in columns if c not in ("backend", "serve mode")}
+    reuse = any(r.reuse_coalitions for r in records)
+    columns = (TABLE_COLUMNS + ((REUSE_COLUMN,) if reuse else ()) + (CEILING_COLUMNS if ceiling else ())
+               + ((OVERHEAD_COLUMN,) if overhead else ()))
+    right = {c for c in columns if c not in ("backend", "serve mode", REUSE_COLUMN)}
     lines = ["| " + " | ".join(columns) + " |",
              "|" + "|".join("---:" if c in right else "---" for c in columns) + "|"]
     for r in sorted(records, key=Record.sort_key):
@@ -55,6 +59,8 @@ def _table(records: Sequence[Record]) -> list[str]:
                  str(r.nsamples), str(r.rounds), _fmt_s(r.mean), _fmt_s(r.stddev), _fmt_s(r.min),
                  _fmt_s(r.max), f"{r.explanations_per_s:.4g}", _fmt(r.speedup, ".3f"),
                  _fmt(r.efficiency, ".3f"), _fmt(r.nodes_used))
+        if reuse:
+            cells += ("yes" if r.reuse_coalitions else "no",)
         if ceiling:
             cells += (_fmt(r.processes_speedup, ".3f"), _fmt(r.vs_processes, ".0%"))
         if overhead:
@@ -97,7 +103,11 @@ def render_markdown(records: Sequence[Record], runs: Sequence[SavedRun], figures
         out += [f"{OVERHEAD_COLUMN}: of the CPU time this machine spent on a call (workers, "
                 "driver, Ray's own processes), the share that was not the workers': on a machine "
                 "the workers fill, that much was taken from them.", ""]
-    for setting in sorted({r.setting for r in records}):
+    if any(r.suite == "engine" for r in records):
+        out += ["A serial row of a setting whose suites timed no serial run of their own (the headline's "
+                "exact setting) is `perf/test_engine_speed.py`'s default engine on the same instances and "
+                "nsamples, in the same run.", ""]
+    for setting in settings_of(records):
         cluster, n, ns = setting
         out += [f"## {cluster}; {n} instances, nsamples {ns}", ""]
         out += _table([r for r in records if r.setting == setting])
