@@ -657,3 +657,39 @@ def test_a_configuration_that_cannot_be_placed_is_skipped_with_the_reason(pytest
     result.assert_outcomes(skipped=2, failed=1)
     out = result.stdout.str()
     assert "cannot be placed: 2 workers x 1 CPU could not be placed: held by CpuBlocker" in out
+
+
+# --------------------------------------------------------------------------- --compare-gate
+NAP_BENCHMARK = """
+import os, time
+
+def test_scaling(benchmark):
+    benchmark.extra_info.update(suite="scaling", workload="adult", backend="serial", workers=1, batch_size=10,
+                                n_instances=8, nsamples=2072, exact=False)
+    benchmark.pedantic(time.sleep, args=(float(os.environ.get("NAP", "0.02")),), rounds=5, iterations=1)
+"""
+
+
+def test_compare_gate_fails_a_slowdown_beyond_the_noise_and_passes_a_rerun(pytester, monkeypatch):
+    """Saved runs keep their raw rounds by default; --compare-gate judges them (docs/compare.md)."""
+    pytester.makepyfile(test_nap=NAP_BENCHMARK)
+    monkeypatch.setenv("NAP", "0.02")
+    pytester.runpytest_subprocess("--benchmark-save=base").assert_outcomes(passed=1)
+    [saved] = (pytester.path / ".benchmarks").rglob("0001_base.json")
+    assert len(json.loads(saved.read_text())["benchmarks"][0]["stats"]["data"]) == 5
+    rerun = pytester.runpytest_subprocess("--compare-gate", "0001")
+    assert rerun.ret == pytest.ExitCode.OK
+    rerun.stdout.fnmatch_lines(["kernelshap-ray: --compare-gate against *0001_base.json: no regression(s)*"])
+    monkeypatch.setenv("NAP", "0.04")
+    slow = pytester.runpytest_subprocess("--compare-gate", "0001")
+    assert slow.ret == pytest.ExitCode.TESTS_FAILED
+    slow.stdout.fnmatch_lines(["*1 regression(s) beyond the noise*",
+                               "*test_nap.py::test_scaling: time regressed x1.9*"])
+
+
+def test_compare_gate_naming_no_saved_run_is_a_usage_error_before_anything_runs(pytester):
+    pytester.makepyfile(test_nap=NAP_BENCHMARK)
+    result = pytester.runpytest_subprocess("--compare-gate", "0042")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--compare-gate: run 0042: no 0042_*.json in" in result.stderr.str()
+    assert "test_scaling" not in result.stdout.str()

@@ -95,6 +95,11 @@ OPTIONS: tuple[_Opt, ...] = (
          f"seconds a configuration's workers may wait to be placed on the cluster; one that cannot "
          f"be placed in time is skipped with what holds the CPUs (default {DEFAULT_PLACEMENT_TIMEOUT_S:g})",
          metavar="SECONDS"),
+    _Opt("--compare-gate", "kernelshap_compare_gate",
+         "fail the session when a benchmark regressed against saved run RUN (a file, or a pytest-benchmark id "
+         "in --benchmark-storage) beyond the noise: time, paired speedup and CPU-seconds by role, a rank test "
+         "plus a minimum effect (docs/compare.md, as kernelshap-compare); complements --benchmark-compare-fail",
+         metavar="RUN"),
     _Opt("--report-dir", "kernelshap_report_dir",
          "write the scaling report (figures + Markdown table) here at the end of a benchmark session",
          metavar="DIR"),
@@ -246,6 +251,7 @@ class PluginOptions:
     max_overhead_share: float | None = None
     placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S
     report_dir: Path | None = None
+    compare_gate: str | None = None
     k8s: K8sOptions = field(default_factory=K8sOptions)
     k8s_scale: bool = False
 
@@ -325,6 +331,7 @@ class PluginOptions:
             placement_timeout_s=(_seconds("--placement-timeout", placement_raw)
                                  if placement_raw is not None else DEFAULT_PLACEMENT_TIMEOUT_S),
             report_dir=Path(str(report)).expanduser() if report else None,
+            compare_gate=str(_raw(config, "--compare-gate")).strip() if _raw(config, "--compare-gate") else None,
             k8s=K8sOptions(
                 namespace=str(_raw(config, "--k8s-namespace") or k8s_defaults.namespace),
                 cluster=str(_raw(config, "--k8s-cluster") or k8s_defaults.cluster),

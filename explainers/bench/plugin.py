@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import shlex
 import time
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -63,7 +64,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    """The session object; saved runs keep their raw rounds (before pytest-benchmark reads the option)."""
+    if getattr(config.option, "benchmark_save_data", None) is False:
+        config.option.benchmark_save_data = True
     session = KernelShapRaySession(config, PluginOptions.from_config(config))
     config.stash[_SESSION_KEY] = session
     if not session.options.runs_as_job:  # the workload is loaded in the cluster
@@ -95,6 +100,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(_SESSION_KEY, None)
     if session is not None:
         session.close()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Find the saved run of ``--compare-gate`` now, so a wrong one is an error before anything runs."""
+    ks = get_session(session.config)
+    bs = getattr(session.config, "_benchmarksession", None)
+    if ks.compare_gate is not None and bs is not None:
+        ks.compare_gate.resolve(Path(bs.storage.path))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -198,28 +211,47 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         )
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The exit status of a Ray Job run; the report (``--report-dir``) from this session's benchmarks."""
-    config = session.config
-    ks = get_session(config)
-    outcome = ks.remote_outcome()
-    if outcome is not None and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
-        session.exitstatus = outcome.exit_status
-    bs = getattr(config, "_benchmarksession", None)
-    if ks.options.report_dir is None or bs is None:
-        return
-    # the report charts the explainers' records; other benchmarks of the session (the engine
-    # against shap, the model alone) are in the saved run but not in its figures
-    benchmarks = [b for b in bs.benchmarks if b and not b.has_error and "backend" in (b.extra_info or {})]
-    if not benchmarks:
-        return
+def _session_output(config: pytest.Config, bs: Any, benchmarks: list[Any]) -> dict[str, Any]:
+    """pytest-benchmark's JSON of ``benchmarks`` (with their rounds), speedups filled."""
     output = config.hook.pytest_benchmark_generate_json(
         config=config, benchmarks=benchmarks, include_data=True,
         machine_info=bs.get_machine_info(),
         commit_info=config.hook.pytest_benchmark_generate_commit_info(config=config),
     )
     fill_speedups(output)
+    return output
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The exit status of a Ray Job run; the ``--compare-gate``; the report (``--report-dir``)."""
+    config = session.config
+    ks = get_session(config)
+    outcome = ks.remote_outcome()
+    if outcome is not None and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = outcome.exit_status
+    bs = getattr(config, "_benchmarksession", None)
+    if bs is None:
+        return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
+    measured = [b for b in bs.benchmarks if b and not b.has_error]
+    if ks.compare_gate is not None and ks.compare_gate.path is not None and measured:
+        failures = ks.compare_gate.failures(_session_output(config, bs, measured))
+        if reporter is not None:
+            reporter.write_line(f"kernelshap-ray: --compare-gate against {ks.compare_gate.path}: "
+                                f"{len(failures) or 'no'} regression(s) beyond the noise",
+                                red=bool(failures), green=not failures)
+            for line in failures:
+                reporter.write_line(f"  {line}", red=True)
+        if failures:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if ks.options.report_dir is None:
+        return
+    # the report charts the explainers' records; other benchmarks of the session (the engine
+    # against shap, the model alone) are in the saved run but not in its figures
+    benchmarks = [b for b in measured if "backend" in (b.extra_info or {})]
+    if not benchmarks:
+        return
+    output = _session_output(config, bs, benchmarks)
     from explainers.bench.report import ReportError, write_report
 
     try:

@@ -45,6 +45,11 @@ class KernelShapRaySession:
         self._last_info: dict[str, Any] | None = None  # the closed cluster's info()
         self._last_machine_info: dict[str, Any] | None = None  # and its machine_info()
         self._remote_run: Any = None  # explainers.bench.remote_run.RemoteRun of a Ray Jobs run
+        self.compare_gate: Any = None  # explainers.bench.compare_gate.CompareGate of --compare-gate
+        if options.compare_gate:
+            from explainers.bench.compare_gate import CompareGate  # scipy: only when asked for
+
+            self.compare_gate = CompareGate(options.compare_gate)
 
     # -- the workload -------------------------------------------------------------
     def workload(self) -> Workload:
@@ -233,7 +238,8 @@ class KernelShapRaySession:
             f"batch_sizes={','.join(map(str, opts.batch_sizes))} workers={workers}"
             + (" progress" if opts.progress else "")
             + (f" min_efficiency={opts.min_efficiency:g}" if opts.min_efficiency is not None else "")
-            + (f" max_overhead_share={opts.max_overhead_share:g}" if opts.max_overhead_share is not None else ""),
+            + (f" max_overhead_share={opts.max_overhead_share:g}" if opts.max_overhead_share is not None else "")
+            + (f" compare_gate={opts.compare_gate}" if opts.compare_gate else ""),
         ]
 
     def machine_info(self) -> dict[str, Any]:
