@@ -83,20 +83,26 @@ def test_a_remeasurement_with_paired_speedups_raises_no_alarm(noise):
     assert power.clean >= 0.95, power
 
 
-@pytest.mark.parametrize("target", [b["fullname"] for b in json.loads(SMOKE_AMD.read_text())["benchmarks"]])
-def test_a_slowdown_it_can_see_is_flagged_as_that_benchmark_and_no_other(noise, target):
-    """docs/compare.md: with 5 rounds a 35% slowdown is seen, alone, in >= 95% of trials."""
-    power = simulate(_run(SMOKE_AMD), noise, rounds=5, target=target, slowdown=1.35, trials=TRIALS, seed=2)
+def _slowdowns_it_can_see() -> list[tuple[str, float]]:
+    """docs/compare.md, 5 rounds: 40% for a benchmark with paired serial rounds (its speedup is
+    judged), 70% for one judged on time alone (the serial baseline)."""
+    return [(b["fullname"], 1.4 if b["extra_info"].get("serial_rounds") and "[serial]" not in b["fullname"] else 1.7)
+            for b in json.loads(SMOKE_AMD.read_text())["benchmarks"]]
+
+
+@pytest.mark.parametrize("target, slowdown", _slowdowns_it_can_see())
+def test_a_slowdown_it_can_see_is_flagged_as_that_benchmark_and_no_other(noise, target, slowdown):
+    power = simulate(_run(SMOKE_AMD), noise, rounds=5, target=target, slowdown=slowdown, trials=TRIALS, seed=2)
     assert power.only_target >= 0.95, power
 
 
-def test_with_three_rounds_it_sees_a_45_percent_slowdown(noise):
-    power = simulate(_run(SMOKE_AMD), noise, rounds=3, target=POOL_W2, slowdown=1.45, trials=TRIALS, seed=3)
+def test_with_three_rounds_it_sees_a_60_percent_slowdown(noise):
+    power = simulate(_run(SMOKE_AMD), noise, rounds=3, target=POOL_W2, slowdown=1.6, trials=TRIALS, seed=3)
     assert power.only_target >= 0.95 and power.clean >= 0.95, power
 
 
 @pytest.mark.xfail(strict=True, reason="issue 24's target is not met on this machine's measured noise "
-                   "(log sd ~0.08): with 5 rounds a 20% slowdown is flagged in ~75% of trials "
+                   "(log sd ~0.08) and drift (x1.40 between two runs): with 5 rounds a 20% slowdown is flagged in ~45% "
                    "(docs/compare.md); strict, so this fails once it is met")
 def test_issue_target_twenty_percent_at_five_rounds(noise):
     power = simulate(_run(SMOKE_AMD), noise, rounds=5, target=POOL_W2, slowdown=1.2, trials=TRIALS, seed=4)
@@ -159,12 +165,12 @@ def test_the_bootstrap_interval_is_deterministic_and_holds_the_ratio():
 
 def test_a_clear_slowdown_regresses_and_a_small_one_does_not():
     base = Sample.of_rounds([1.0, 1.01, 0.99, 1.02, 0.98])
-    slow = Sample.of_rounds([1.3, 1.31, 1.29, 1.32, 1.28])
+    slow = Sample.of_rounds([1.6, 1.61, 1.59, 1.62, 1.58])
     j = judge("b", "time", base, slow, lower_is_better=True)
-    assert (j.verdict, j.basis) == (REGRESSED, ROUNDS) and j.ratio == pytest.approx(1.3)
-    assert j.p_value < 0.01 and j.low > 1.2
-    small = Sample.of_rounds([1.1, 1.11, 1.09, 1.12, 1.08])
-    assert judge("b", "time", base, small, lower_is_better=True).verdict == UNCHANGED, "10% < the minimum effect"
+    assert (j.verdict, j.basis) == (REGRESSED, ROUNDS) and j.ratio == pytest.approx(1.6)
+    assert j.p_value < 0.01 and j.low > 1.5
+    small = Sample.of_rounds([1.3, 1.31, 1.29, 1.32, 1.28])
+    assert judge("b", "time", base, small, lower_is_better=True).verdict == UNCHANGED, "30% < the minimum effect"
     assert judge("b", "speedup", base, slow, lower_is_better=False).verdict == IMPROVED
 
 
@@ -175,11 +181,11 @@ def test_overlapping_rounds_are_unchanged_whatever_the_ratio():
 
 
 def test_a_run_without_raw_rounds_is_compared_on_summaries():
-    old = parse_run(_run(SMOKE_AMD), "old")
+    old = parse_run(_run(SMOKE_INTEL), "old")
     samples = samples_of(old.benchmarks[0])
     assert samples["time"][0].basis == SUMMARIES
     comparison = compare_runs(old, old)
-    assert comparison.bases == {SUMMARIES} and not comparison.regressions
+    assert SUMMARIES in comparison.bases and ROUNDS not in comparison.bases and not comparison.regressions
     assert "compared on their summaries" in comparison.report()
 
 
@@ -195,8 +201,10 @@ def test_paired_speedups_and_cpu_by_role_are_judged(noise):
 def test_cpu_needs_both_the_relative_and_the_absolute_change():
     one, more = Sample(basis=SINGLE_VALUE, center=0.02, n=1), Sample(basis=SINGLE_VALUE, center=0.04, n=1)
     assert judge("b", "cpu:driver", one, more, lower_is_better=True).verdict == UNCHANGED, "below 0.05 CPU-s"
-    big, bigger = Sample(basis=SINGLE_VALUE, center=1.0, n=1), Sample(basis=SINGLE_VALUE, center=1.3, n=1)
+    big, bigger = Sample(basis=SINGLE_VALUE, center=1.0, n=1), Sample(basis=SINGLE_VALUE, center=1.6, n=1)
     assert judge("b", "cpu:workers", big, bigger, lower_is_better=True).verdict == REGRESSED
+    some = Sample(basis=SINGLE_VALUE, center=1.3, n=1)
+    assert judge("b", "cpu:workers", big, some, lower_is_better=True).verdict == UNCHANGED, "30% < 50%"
 
 
 def test_bad_thresholds_are_errors():
@@ -224,7 +232,8 @@ def test_the_gate_names_the_regressed_benchmark(noise):
     base = synthetic_run(_run(SMOKE_AMD), noise, 5, np.random.default_rng(5))
     assert gate_against(base, base) == []
     failures = gate_against(base, _slowed(base, POOL_W2, 2.0))
-    assert len(failures) == 1 and failures[0].startswith(POOL_W2 + ": time regressed x2.000"), failures
+    assert failures and all(f.startswith(POOL_W2 + ": ") for f in failures), failures
+    assert any(f.startswith(POOL_W2 + ": time regressed x2.000") for f in failures), failures
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -262,7 +271,9 @@ def test_cli_exit_codes_and_id_lookup(storage, capsys):
     assert "0 regressions" in out and "raw rounds compared" in out
     assert main([*machine, "1", "3"]) == EXIT_REGRESSION
     out = capsys.readouterr().out
-    assert out.count("REGRESSED") == 1 and re.search(r"REGRESSED +" + re.escape(POOL_W2) + r"  time .*: x2\.\d{3} ", out)
+    regressed = [line for line in out.splitlines() if line.startswith("REGRESSED")]
+    assert regressed and all(POOL_W2 in line for line in regressed), out
+    assert re.search(r"REGRESSED +" + re.escape(POOL_W2) + r" +(time|speedup) .*: x(2|0\.5)\d*", out), out
 
 
 def test_cli_an_ambiguous_or_missing_id_is_an_error(storage, capsys):
@@ -283,7 +294,7 @@ def test_cli_machine_picks_the_newest_run_of_that_cpu_model(storage, capsys):
 
 
 def test_cli_an_old_run_says_it_compared_summaries(capsys):
-    assert main([str(SMOKE_AMD), str(SMOKE_AMD)]) == EXIT_OK
+    assert main([str(SMOKE_INTEL), str(SMOKE_INTEL)]) == EXIT_OK
     assert "compared on their summaries" in capsys.readouterr().out
 
 

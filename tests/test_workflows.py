@@ -273,6 +273,8 @@ def check_perf_gate(wf: dict) -> None:
         assert gate in lines[0]
     compare = next(a for a in lines if "--benchmark-compare" in a)
     assert any(a.startswith("--benchmark-compare-fail=min:") for a in compare)
+    judged = _step(wf, "kernelshap-compare")  # the noise-aware judgement of the same run
+    assert "--benchmark-compare" in judged["run"] and "perf-run.json" in judged["run"].split("kernelshap-compare")[1]
     restore = _step(wf, "actions/cache/restore")
     assert "github.event.pull_request.base.sha" in restore["with"]["key"]
     save = _step(wf, "actions/cache/save")

@@ -56,12 +56,13 @@ __all__ = [
 
 #: the Mann-Whitney (or, on summaries, Welch) test's one-sided level
 DEFAULT_ALPHA = 0.05
-#: the smallest ratio NEW/BASE of time or paired speedup that counts (15%: above this machine's drift)
-DEFAULT_MIN_EFFECT = 0.15
+#: the smallest ratio NEW/BASE of time that counts (50%: two CI smokes of one commit on this machine,
+#: minutes apart, differed by x1.40 in time and by x0.995 in paired speedup; docs/compare.md)
+DEFAULT_MIN_EFFECT = 0.50
 #: the paired speedup's: each of its rounds is a ratio of two noisy rounds (noise x sqrt 2 when independent)
 DEFAULT_SPEEDUP_MIN_EFFECT = 0.20
-#: the smallest relative change of a role's CPU-seconds that counts
-DEFAULT_CPU_MIN_EFFECT = 0.25
+#: the smallest relative change of a role's CPU-seconds that counts (they drift with time: x1.43 in the same pair)
+DEFAULT_CPU_MIN_EFFECT = 0.50
 #: and the smallest absolute change, CPU-seconds per call (the process accounting's resolution is 0.01 s)
 DEFAULT_CPU_FLOOR_SECONDS = 0.05
 BOOTSTRAP_RESAMPLES = 2000

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from explainers.bench.compare import DEFAULT_MIN_EFFECT
 from explainers.bench.grid import PROCESSES
 from explainers.bench.records import SUITES
 from explainers.bench.saved_runs import (
@@ -55,10 +56,11 @@ __all__ = ["RunRatios", "Target", "TARGETS", "STEP_FACTOR", "RunId", "FamilyPoin
            "load_history", "render_history", "render_machine_history", "render_history_page", "main"]
 
 #: a family's median time changing by more than this factor between two consecutive runs of one
-#: CPU model, on the same work, is a step. In runs 0001-0019 (AMD EPYC, 2 cores, shared) 95% of
-#: the changes between consecutive runs were within 1.26x and 99% within 1.55x; the two larger
-#: ones were code changes (Ray Data, runs 0003 and 0015).
-STEP_FACTOR = 1.5
+#: CPU model, on the same work, is a step: the comparison's minimum effect for time
+#: (:data:`explainers.bench.compare.DEFAULT_MIN_EFFECT`, docs/compare.md). In runs 0001-0019 (AMD
+#: EPYC, 2 cores, shared) 95% of the changes between consecutive runs were within 1.26x and 99%
+#: within 1.55x; the two larger ones were code changes (Ray Data, runs 0003 and 0015).
+STEP_FACTOR = 1 + DEFAULT_MIN_EFFECT
 UNKNOWN_CPU = "unknown CPU"
 
 
