@@ -280,7 +280,7 @@ def test_ctrl_c_stops_the_job(local, head, tmp_path):
 def test_k8s_timeout_stops_the_job(local, head, tmp_path):
     project = _project(tmp_path, SLEEPER)
     before = set(head.jobs())
-    done = local.run(["perf", "--k8s-timeout", "8"], cwd=project)
+    done = local.run(["perf", "--k8s-timeout", "4"], cwd=project)
     out = done.stdout + done.stderr
     assert done.returncode == 3, out
     assert "at the deadline (--k8s-timeout)" in out and "the job was stopped" in out
