@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -180,6 +181,8 @@ def test_a_job_runs_the_selection_and_its_benchmarks_land_in_local_storage(local
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "submitted Ray Job" in out and "pool-w1-b10" in out  # the job's log, live
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"=+ 2 passed in [\d.]+s =+", last), last
     assert "kernelshap-ray results" not in out  # the results block is not shown
     [saved] = list(storage.glob("*/0001_*.json"))
     run = json.loads(saved.read_text())
@@ -212,7 +215,8 @@ def test_a_failing_remote_test_fails_the_local_run_with_its_message(local, head,
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
     assert "remote boom 6x7" in out and "AssertionError" in out
-    assert "1 failed" in out
+    last = done.stdout.strip().splitlines()[-1]  # pytest's own last line tells the job's outcome
+    assert re.fullmatch(r"=+ 1 failed in [\d.]+s =+", last), last
     patches = api.patches()
     assert patches, "the worker group was not scaled"
     assert any(op.get("path", "").endswith("/replicas") and op["value"] > 0 for op in patches[0][3])

@@ -31,16 +31,40 @@ class ResultsError(ValueError):
     """The job's log has no results block, or a damaged one."""
 
 
+#: characters of a failure's message sent back per report (the whole traceback is in the log)
+MESSAGE_CHARS = 500
+
+
 class OutcomeCounter:
-    """A pytest plugin that counts what a run collected, passed, failed, skipped and errored."""
+    """A pytest plugin that counts what a run collected, passed, failed, skipped and errored,
+    and keeps each report that the terminal summary counts (:meth:`report_fields`)."""
 
     def __init__(self) -> None:
         self.counts = {"collected": 0, "passed": 0, "failed": 0, "skipped": 0, "errors": 0}
+        self.reports: list[dict[str, Any]] = []
 
     def pytest_collection_finish(self, session: Any) -> None:
         self.counts["collected"] = len(session.items)
 
+    @staticmethod
+    def report_fields(report: Any) -> dict[str, Any]:
+        """What :func:`explainers.bench.remote_run.replay_reports` needs to rebuild ``report``."""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            path, lineno, reason = report.longrepr
+            longrepr: Any = [str(path), lineno, str(reason)]
+        elif report.failed:
+            crash = getattr(getattr(report.longrepr, "reprcrash", None), "message", None)
+            lines = (report.longreprtext or "").strip().splitlines()
+            message = crash or (lines[-1] if lines else "failed")
+            longrepr = f"{message[:MESSAGE_CHARS]} (the traceback is in the job's log above)"
+        else:
+            longrepr = None
+        return {"nodeid": report.nodeid, "location": list(report.location), "when": report.when,
+                "outcome": report.outcome, "longrepr": longrepr, "duration": report.duration}
+
     def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.when == "call" or not report.passed:
+            self.reports.append(self.report_fields(report))
         if report.when == "call" and report.passed:
             self.counts["passed"] += 1
         elif report.failed:
@@ -118,7 +142,8 @@ def run(pytest_args: Sequence[str]) -> int:
     finally:
         if os.path.exists(json_path):
             os.unlink(json_path)
-    results = {"exit_status": status, "counts": counter.counts, "benchmark_json": benchmarks}
+    results = {"exit_status": status, "counts": counter.counts, "reports": counter.reports,
+               "benchmark_json": benchmarks}
     sys.stdout.write("\n" + encode_results(results))
     sys.stdout.flush()
     return status

@@ -191,6 +191,7 @@ class RemoteOutcome:
     counts: dict[str, int]
     benchmark_json: Optional[dict[str, Any]]
     machine_info: dict[str, Any] = field(default_factory=dict)
+    reports: list[dict[str, Any]] = field(default_factory=list)
 
 
 class RemoteRun:
@@ -253,7 +254,8 @@ class RemoteRun:
                 raise ResultsError(f"job {job_id} was stopped on the cluster: {ended.message}")
             self.outcome = RemoteOutcome(
                 job_id=job_id, status=ended.status, exit_status=int(results["exit_status"]),
-                counts=dict(results["counts"]), benchmark_json=results.get("benchmark_json"))
+                counts=dict(results["counts"]), benchmark_json=results.get("benchmark_json"),
+                reports=list(results.get("reports") or []))
             self.outcome.machine_info = self._machine_info(conn, jobs)
             job_id = None  # over: nothing to stop
             return self.outcome
@@ -311,6 +313,22 @@ def run_as_job(session: pytest.Session, remote: RemoteRun) -> None:
         pytest.exit(f"kernelshap-ray: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     session.testscollected = outcome.counts.get("collected", 0)
     session.testsfailed = outcome.counts.get("failed", 0) + outcome.counts.get("errors", 0)
+    if reporter is not None:
+        replay_reports(config, reporter, outcome.reports)
     bs = getattr(config, "_benchmarksession", None)
     if bs is not None and outcome.benchmark_json is not None:
         bs.benchmarks.extend(benchmarks_from_json(outcome.benchmark_json))
+
+
+def replay_reports(config: pytest.Config, reporter: Any, reports: list[dict[str, Any]]) -> None:
+    """Put the job's test reports in the terminal reporter's counts, so that its short summary and
+    last line ("1 failed, 2 passed in ...") tell the job's outcome (the tracebacks are in its log)."""
+    for fields in reports:
+        longrepr = fields.get("longrepr")
+        report = pytest.TestReport(
+            nodeid=fields["nodeid"], location=tuple(fields["location"]), keywords={},
+            outcome=fields["outcome"], when=fields["when"], duration=float(fields.get("duration") or 0.0),
+            longrepr=tuple(longrepr) if isinstance(longrepr, list) else longrepr)
+        category = config.hook.pytest_report_teststatus(report=report, config=config)[0]
+        if category:
+            reporter.stats.setdefault(category, []).append(report)
