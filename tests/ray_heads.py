@@ -24,12 +24,26 @@ import pytest
 
 #: seconds a head has to come up before the test fails
 START_TIMEOUT = 120
+#: starts tried before the test fails: a port chosen free can be taken before ray start binds it
+START_ATTEMPTS = 3
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different free ports (held open together while they are chosen)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def alive(process: psutil.Process) -> bool:
@@ -46,20 +60,30 @@ class RayHead:
     def __init__(self, token: str, *, dashboard: bool = False, prefix: str = "krh",
                  env: Mapping[str, str] | None = None, object_store_mb: int = 100) -> None:
         self.token = token
+        full_env = dict(os.environ if env is None else env, RAY_AUTH_MODE="token",
+                        RAY_AUTH_TOKEN=token, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+        for var in ("RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+            full_env.pop(var, None)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self._start(full_env, dashboard, prefix, object_store_mb)
+            exited = self._wait_up()
+            if exited is None:
+                return
+            self.stop()
+            if attempt == START_ATTEMPTS:
+                pytest.fail(f"ray start exited with {self.proc.returncode} ({attempt} attempts): {exited}")
+
+    def _start(self, env: Mapping[str, str], dashboard: bool, prefix: str, object_store_mb: int) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
         names = ["port", "ray-client-server-port", "node-manager-port", "object-manager-port",
                  "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                  "runtime-env-agent-port", "metrics-export-port"]
         if dashboard:
             names.append("dashboard-port")
-        ports = {name: free_port() for name in names}
+        ports = dict(zip(names, free_ports(len(names))))
         self.port = ports["ray-client-server-port"]
         self.address = f"ray://127.0.0.1:{self.port}"
         self.dashboard_port = ports.get("dashboard-port")
-        full_env = dict(os.environ if env is None else env, RAY_AUTH_MODE="token",
-                        RAY_AUTH_TOKEN=token, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
-        for var in ("RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
-            full_env.pop(var, None)
         cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
                "--num-cpus=1", f"--include-dashboard={'true' if dashboard else 'false'}",
                "--disable-usage-stats", f"--object-store-memory={object_store_mb * 1024**2}",
@@ -68,24 +92,22 @@ class RayHead:
             cmd.append("--dashboard-host=127.0.0.1")
         cmd += [f"--{k}={v}" for k, v in ports.items()]
         self.log = open(os.path.join(self.temp_dir, "ray_start.log"), "w")
-        self.proc = subprocess.Popen(cmd, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        self._wait_up()
 
-    def _wait_up(self) -> None:
+    def _wait_up(self) -> str | None:
+        """``None`` once the head answers; the end of its log if ``ray start`` exited first."""
         from explainers.cluster.kuberay import probe_ray_client
 
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.proc.poll() is not None:
-                self.stop()
-                pytest.fail(f"ray start exited with {self.proc.returncode}: "
-                            f"{Path(self.log.name).read_text()[-2000:]}")
+                return Path(self.log.name).read_text()[-2000:]
             try:
                 probe_ray_client("127.0.0.1", self.port, self.token, timeout=2)
                 if self.dashboard_port is not None:
                     self.job_client().get_version()
-                return
+                return None
             except Exception:
                 if time.monotonic() > deadline:
                     self.stop()
