@@ -181,6 +181,12 @@ def _panels(records: Sequence[Record]) -> list[str]:
     return [p for p in PANELS if any(r.panel == p for r in records)]
 
 
+def _speedup_panels(records: Sequence[Record]) -> tuple[list[Record], list[str], dict[int, tuple[str, str]]]:
+    """The distributed records with a speedup, their panels and their batch sizes' styles."""
+    recs = [r for r in records if r.panel != SERIAL and r.speedup is not None and r.workers]
+    return recs, _panels(recs), _batch_styles(recs)
+
+
 def _grid(n: int) -> tuple[int, int]:
     """Rows and columns of ``n`` panels: two by two for four, else one row."""
     return (2, 2) if n == 4 else (1, n)
@@ -260,11 +266,9 @@ def plot_speedup(records: Sequence[Record], *, title: str = DEFAULT_TITLE) -> Fi
     ``None`` if no record has a speedup.
     """
     setting = _one_setting(records)
-    recs = [r for r in records if r.panel != SERIAL and r.speedup is not None and r.workers]
-    panels = _panels(recs)
+    recs, panels, styles = _speedup_panels(records)
     if not panels:
         return None
-    styles = _batch_styles(recs)
     workers = sorted({r.workers for r in recs})
     fig = Figure(figsize=(max(7.0, 3.9 * len(panels)), 7.2), layout="constrained")
     axes = fig.subplots(2, len(panels), sharey="row", squeeze=False)
@@ -359,11 +363,9 @@ def plot_speedup_vs_reference(records: Sequence[Record], ref: Sequence[Reference
     """One setting's speedups (coloured, per batch size) beside the study's published ones (grey,
     mean over batch sizes), one panel per backend, log scales. ``None`` without speedups."""
     setting = _one_setting(records)
-    recs = [r for r in records if r.panel != SERIAL and r.speedup is not None and r.workers]
-    panels = _panels(recs)
+    recs, panels, styles = _speedup_panels(records)
     if not panels:
         return None
-    styles = _batch_styles(recs)
     fig = Figure(figsize=(max(7.0, 3.9 * len(panels)), 5.0), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     ref_workers = sorted({r.workers for r in ref})

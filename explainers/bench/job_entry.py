@@ -102,7 +102,7 @@ class ResultsFilter:
         self._inside = False
 
     def feed(self, text: str) -> str:
-        """The complete lines of ``self`` so far plus ``text`` to show; keeps a partial last line."""
+        """The complete lines of the log so far to show (results block left out); keeps a partial last line."""
         text = self._partial + text
         lines = text.split("\n")
         self._partial = lines.pop()

@@ -309,6 +309,7 @@ class PluginOptions:
         overhead_raw = _raw(config, "--max-overhead-share")
         placement_raw = _raw(config, "--placement-timeout")
         job_timeout_raw = _raw(config, "--k8s-timeout")
+        compare_raw = _raw(config, "--compare-gate")
         k8s_defaults = K8sOptions()
         return cls(
             ray_address=address,
@@ -331,7 +332,7 @@ class PluginOptions:
             placement_timeout_s=(_seconds("--placement-timeout", placement_raw)
                                  if placement_raw is not None else DEFAULT_PLACEMENT_TIMEOUT_S),
             report_dir=Path(str(report)).expanduser() if report else None,
-            compare_gate=str(_raw(config, "--compare-gate")).strip() if _raw(config, "--compare-gate") else None,
+            compare_gate=str(compare_raw).strip() if compare_raw else None,
             k8s=K8sOptions(
                 namespace=str(_raw(config, "--k8s-namespace") or k8s_defaults.namespace),
                 cluster=str(_raw(config, "--k8s-cluster") or k8s_defaults.cluster),

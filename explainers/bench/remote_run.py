@@ -249,18 +249,17 @@ class RemoteRun:
             ended = jobs.follow(job_id, on_output=lambda text: show(log_filter.feed(text)),
                                 deadline=deadline)
             show(log_filter.flush())
-            results = parse_results(ended.log) if ended.status != "STOPPED" else None
-            if results is None:
+            if ended.status == "STOPPED":
                 raise ResultsError(f"job {job_id} was stopped on the cluster: {ended.message}")
+            results = parse_results(ended.log)
+            benchmark_json = results.get("benchmark_json")
             self.outcome = RemoteOutcome(
                 job_id=job_id, status=ended.status, exit_status=int(results["exit_status"]),
-                counts=dict(results["counts"]), benchmark_json=results.get("benchmark_json"),
-                reports=list(results.get("reports") or []))
-            self.outcome.machine_info = self._machine_info(conn, jobs)
+                counts=dict(results["counts"]), benchmark_json=benchmark_json,
+                reports=list(results.get("reports") or []),
+                machine_info=self._machine_info(conn, jobs, job_id, benchmark_json))
             job_id = None  # over: nothing to stop
             return self.outcome
-        except ResultsError:
-            raise
         finally:
             try:
                 if job_id is not None:
@@ -268,14 +267,15 @@ class RemoteRun:
             finally:
                 conn.close()
 
-    def _machine_info(self, conn: Any, jobs: Any) -> dict[str, Any]:
+    @staticmethod
+    def _machine_info(conn: Any, jobs: Any, job_id: str,
+                      benchmark_json: Optional[dict[str, Any]]) -> dict[str, Any]:
         """The machine info of the run: the job's own (the node pytest ran on in the cluster, its
         Ray fields) with the RayCluster's ``k8s_*`` fields and where it was submitted from."""
-        assert self.outcome is not None
-        remote = dict((self.outcome.benchmark_json or {}).get("machine_info") or {})
+        remote = dict((benchmark_json or {}).get("machine_info") or {})
         remote.update({k: v for k, v in conn.describe().items() if k.startswith("k8s_")})
         remote["ray_transport"] = "jobs"
-        remote["ray_job_id"] = self.outcome.job_id
+        remote["ray_job_id"] = job_id
         remote.setdefault("ray_version", jobs.cluster_ray_version())
         remote["submitted_from"] = {"node": platform.node(), "python_version": platform.python_version()}
         return remote
