@@ -8,15 +8,20 @@ and ``--batch-sizes`` do not apply); two modes, ``sampled`` (``--nsamples``) and
 Per mode five benchmarks run on the same instances, in this order: two floors (the model
 alone, called on as many synthetic rows as the instances need: all of them, ``floor``, and only
 each coalition's distinct rows, ``floor-distinct``), ``shap.KernelExplainer(l1_reg=False)``, the
-engine, and the engine with ``reuse_coalitions=True``. The engine's record holds the ratios to
-the others measured in the same run, the chunk size and row strategy it chose on this CPU, the
-model rows it evaluated against naive (coalitions x background rows), and the peak memory of
-its ``explain`` (tracemalloc, which sees NumPy's allocations).
+engine, and the engine with ``reuse_coalitions=True``. The engine's record holds its ratios to
+the others, each paired in time: right before every timed round, one round of the other work
+runs (the benchmark's ``setup``, untimed), and the ratio is the median over rounds of the two
+(a slow minute slows both). shap's rounds are paired with rounds of the engine, the engine's
+with rounds of both floors, and the reusing engine's also with rounds of the default engine.
+The record also holds the chunk size and row strategy the engine chose on this CPU, the model
+rows it evaluated against naive (coalitions x background rows), and the peak memory of its
+``explain`` (tracemalloc, which sees NumPy's allocations).
 """
 from __future__ import annotations
 
 import tracemalloc
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -24,6 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from explainers.bench.factory import REUSE_TOLERANCE
 from explainers.bench.grid import EXACT_MAX_PLAYERS, exact_nsamples
+from explainers.bench.pairing import TimedRounds, paired_ratio
 from explainers.bench.records import BenchmarkRecord
 from explainers.kernelshap.coalitions import full_plan, sampled_plan
 from explainers.kernelshap.distinct_rows import DistinctRows
@@ -33,7 +39,8 @@ MODES = ("sampled", "exact")
 #: distinct instances whose synthetic rows the floor cycles through (their size bounds its memory)
 FLOOR_DISTINCT = 2
 
-_means: dict[tuple[str, str], float] = {}
+#: per mode, shap's time / the engine's, from shap's rounds paired with the engine's
+_speedup_vs_shap: dict[str, float | None] = {}
 
 
 def _engine(explainer_factory, mode: str, **kwargs) -> KernelShap:
@@ -81,26 +88,32 @@ def _record(workload, instances, engine: KernelShap, mode: str, role: str, **fie
                            **fields).to_extra_info()
 
 
+def _floor(workload, instances, engine: KernelShap, rows: str) -> tuple[Callable[[], None], int]:
+    """The model alone on the synthetic rows of ``instances`` (``rows``: all or distinct), as
+    the engine's own calls run it, and the rows it sees per instance."""
+    build = _synthetic_rows if rows == "all" else _distinct_synthetic_rows
+    blocks = [build(workload, instances[i], engine, i) for i in range(min(FLOOR_DISTINCT, len(instances)))]
+    predict = workload.predict
+
+    def model_only() -> None:
+        with threadpool_limits(limits=1):  # as the engine's own calls
+            for i in range(len(instances)):
+                predict(blocks[i % len(blocks)])
+
+    return model_only, len(blocks[0])
+
+
 @pytest.mark.parametrize("rows", ["all", "distinct"])
 @pytest.mark.parametrize("mode", MODES)
 def test_floor(benchmark, kernelshap_ray, workload, explainer_factory, explain_instances, mode, rows):
     instances = explain_instances
     engine = _engine(explainer_factory, mode)
-    build = _synthetic_rows if rows == "all" else _distinct_synthetic_rows
-    blocks = [build(workload, instances[i], engine, i) for i in range(min(FLOOR_DISTINCT, len(instances)))]
-    predict = workload.predict
-
-    def model_only():
-        with threadpool_limits(limits=1):  # as the engine's own calls
-            for i in range(len(instances)):
-                predict(blocks[i % len(blocks)])
-
+    model_only, rows_per_instance = _floor(workload, instances, engine, rows)
     benchmark.group = f"engine-{mode}"
     benchmark.pedantic(model_only, rounds=kernelshap_ray.options.nruns, warmup_rounds=0, iterations=1)
     role = "floor" if rows == "all" else "floor-distinct"
     benchmark.extra_info.update(_record(workload, instances, engine, mode, role, floor_rows=rows,
-                                        rows_per_instance=len(blocks[0]), mean_seconds=benchmark.stats.stats.mean))
-    _means[(role, mode)] = benchmark.stats.stats.mean
+                                        rows_per_instance=rows_per_instance, mean_seconds=benchmark.stats.stats.mean))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -118,11 +131,12 @@ def test_shap(benchmark, kernelshap_ray, workload, explainer_factory, explain_in
             warnings.simplefilter("ignore")
             return explainer.shap_values(instances, nsamples=engine.nsamples_, l1_reg=False, silent=True)
 
+    engine_rounds = TimedRounds(lambda: engine.explain(instances))
     benchmark.group = f"engine-{mode}"
-    benchmark.pedantic(run, rounds=kernelshap_ray.options.nruns, warmup_rounds=0, iterations=1)
+    benchmark.pedantic(run, setup=engine_rounds, rounds=kernelshap_ray.options.nruns, warmup_rounds=0, iterations=1)
+    _speedup_vs_shap[mode] = paired_ratio(benchmark.stats.stats.data, engine_rounds.seconds)
     benchmark.extra_info.update(_record(workload, instances, engine, mode, "shap",
                                         mean_seconds=benchmark.stats.stats.mean))
-    _means[("shap", mode)] = benchmark.stats.stats.mean
 
 
 @pytest.mark.parametrize("reuse", [False, True], ids=["default", "reuse"])
@@ -148,33 +162,38 @@ def test_engine(benchmark, kernelshap_ray, workload, explainer_factory, explain_
         reuse_stats.update(fresh.reuse_stats)
         return out
 
+    paired = {rows: TimedRounds(_floor(workload, instances, engine, rows)[0]) for rows in ("all", "distinct")}
+    if reuse:
+        paired["default"] = TimedRounds(lambda: engine.explain(instances))
+
+    def other_rounds() -> None:
+        for rounds in paired.values():
+            rounds()
+
     benchmark.group = f"engine-{mode}"
-    result = benchmark.pedantic(run, rounds=kernelshap_ray.options.nruns, warmup_rounds=0, iterations=1)
+    result = benchmark.pedantic(run, setup=other_rounds, rounds=kernelshap_ray.options.nruns, warmup_rounds=0,
+                                iterations=1)
     if reuse:  # which instance computes a value first can change its last bit
         assert np.abs(result - values).max() <= REUSE_TOLERANCE
     else:
         assert np.array_equal(result, values)
-    mean = benchmark.stats.stats.mean
+    rounds = benchmark.stats.stats.data
     evaluated = distinct if engine.row_strategy_ == "distinct" else naive
     fields = dict(
-        reuse_coalitions=reuse, mean_seconds=mean, peak_memory_mb=peak / 2**20,
+        reuse_coalitions=reuse, mean_seconds=benchmark.stats.stats.mean, peak_memory_mb=peak / 2**20,
         chunk_rows=engine.chunk_rows_, row_strategy=engine.row_strategy_,
         chunk_calibration_s=engine.chunk_choice_.calibration_s, cpu_kernel=engine.cpu_kernel_,
         naive_rows=naive, distinct_rows=distinct,
+        ratio_to_floor=paired_ratio(rounds, paired["all"].seconds),
+        ratio_to_distinct_floor=paired_ratio(rounds, paired["distinct"].seconds),
     )
     if reuse:
         fields.update(reuse_hit_rate=reuse_stats["hit_rate"], reuse_cache_mb=reuse_stats["bytes"] / 2**20,
-                      model_rows_per_naive=(evaluated / naive) * (1 - reuse_stats["hit_rate"]))
-        if ("engine", mode) in _means:
-            fields["ratio_to_default_engine"] = mean / _means[("engine", mode)]
+                      model_rows_per_naive=(evaluated / naive) * (1 - reuse_stats["hit_rate"]),
+                      ratio_to_default_engine=paired_ratio(rounds, paired["default"].seconds))
     else:
         fields["model_rows_per_naive"] = evaluated / naive
-        _means[("engine", mode)] = mean
-    if ("shap", mode) in _means:
-        fields["speedup_vs_shap"] = _means[("shap", mode)] / mean
-    if ("floor", mode) in _means:
-        fields["ratio_to_floor"] = mean / _means[("floor", mode)]
-    if ("floor-distinct", mode) in _means:
-        fields["ratio_to_distinct_floor"] = mean / _means[("floor-distinct", mode)]
+        if _speedup_vs_shap.get(mode) is not None:
+            fields["speedup_vs_shap"] = _speedup_vs_shap[mode]
     benchmark.extra_info.update(_record(workload, instances, engine, mode, "engine-reuse" if reuse else "engine",
                                         **fields))

@@ -101,6 +101,7 @@ def _f(kind: str, meaning: str, *, required: str = "", derived_from: str = "", m
 
 
 _OTHER_BENCHMARKS = "other benchmarks of the run (by the writer)"
+_PAIRED_ROUNDS = "rounds of other work, each run right before one of this benchmark's (by the writer)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,12 +149,15 @@ class BenchmarkRecord:
                      "x (1 - reuse_hit_rate with reuse)")
     reuse_hit_rate: float | None = _f("float", "engine, reuse: share of coalition values found in the cache")
     reuse_cache_mb: float | None = _f("float", "engine, reuse: the cache's size, MiB")
-    ratio_to_default_engine: float | None = _f("float", "engine, mission, reuse: time / the default engine's",
-                                               derived_from=_OTHER_BENCHMARKS)
-    speedup_vs_shap: float | None = _f("float", "engine: shap's time / the engine's", derived_from=_OTHER_BENCHMARKS)
-    ratio_to_floor: float | None = _f("float", "engine: time / the floor's (all rows)", derived_from=_OTHER_BENCHMARKS)
-    ratio_to_distinct_floor: float | None = _f("float", "engine: time / the floor's (distinct rows)",
-                                               derived_from=_OTHER_BENCHMARKS)
+    ratio_to_default_engine: float | None = _f(
+        "float", "engine, reuse: time / the default engine's, median of paired rounds; mission, reuse: "
+        "time / the default engine's benchmark", derived_from=f"engine: {_PAIRED_ROUNDS}; mission: {_OTHER_BENCHMARKS}")
+    speedup_vs_shap: float | None = _f("float", "engine: shap's time / the engine's, median of paired rounds",
+                                       derived_from=_PAIRED_ROUNDS)
+    ratio_to_floor: float | None = _f("float", "engine: time / the floor's (all rows), median of paired rounds",
+                                      derived_from=_PAIRED_ROUNDS)
+    ratio_to_distinct_floor: float | None = _f(
+        "float", "engine: time / the floor's (distinct rows), median of paired rounds", derived_from=_PAIRED_ROUNDS)
     # times
     seconds: float | None = _f("float", "the fastest timed round (pytest-benchmark's min)")
     mean_seconds: float | None = _f("float", "the mean timed round (pytest-benchmark's mean)")

@@ -2,13 +2,20 @@
 
 A coalition's value ``mean_b f(x_S, B_b)`` depends on ``x`` only through ``x_S``, its values
 on the columns of the players in ``S``. Once computed for one instance it holds for every
-later instance that agrees with it there. The cache maps ``(S, x_S)`` to the value: ``S``
-and ``x_S`` are written as one key of ``M`` small integers, per player 0 if the player is
-outside ``S`` and else 1 + the id of ``x``'s values on its columns (ids given in order of
-first sight). It holds at most ``max_bytes``; once full it keeps what it has and adds nothing.
-Coalition sizes whose hit rate over the first ``WARMUP_INSTANCES`` instances is below
-``MIN_SIZE_HIT_RATE`` (typically the large coalitions, whose ``x_S`` is nearly unique) are
-then neither looked up nor stored: they would cost a lookup and memory for nothing.
+later instance that agrees with it there. The cache maps ``(S, x_S)`` to the value.
+
+A key is ``M`` small integers: per player 0 if the player is outside ``S`` and else 1 + the
+id of ``x``'s values on its columns (ids given in order of first sight). Keys are found
+through an open-addressing hash table held in NumPy arrays, so that one instance's thousands
+of coalitions are looked up and stored with a few vectorised operations, not one Python
+dictionary operation each. A key's 64-bit hash (the XOR of a SplitMix64 hash of each of its
+``(player, id)``) only chooses where to look: a hit also needs the whole key to be equal, so
+two keys that share a hash can cost a probe but never give a wrong value.
+
+The cache holds at most ``max_bytes`` (its arrays as allocated, and the ids' dictionaries);
+once full it keeps what it has and adds nothing. Coalition sizes whose hit rate over the first
+``WARMUP_INSTANCES`` instances is below ``MIN_SIZE_HIT_RATE`` (typically the large
+coalitions, whose ``x_S`` is nearly unique) are then neither looked up nor stored.
 """
 from __future__ import annotations
 
@@ -20,27 +27,43 @@ import numpy as np
 
 #: default of ``KernelShap(reuse_cache_bytes=...)``: per engine, i.e. per worker
 DEFAULT_REUSE_CACHE_BYTES = 256 * 2**20
-#: what one entry costs besides its key's and value's bytes: the dict slot and the index object
-_ENTRY_OVERHEAD_BYTES = 100
+#: what one entry of a player's id dictionary costs besides its key's bytes
+ID_ENTRY_OVERHEAD_BYTES = 100
 #: instances after which coalition sizes that rarely hit are no longer looked up nor stored
 WARMUP_INSTANCES = 16
 #: the hit rate below which a coalition size is left out after the warm-up
 MIN_SIZE_HIT_RATE = 0.02
+#: entries allocated at the first store
+INITIAL_ENTRIES = 4096
+#: the hash table is grown once it is this full (linear probing stays short below it)
+MAX_LOAD = 0.5
+
+_EMPTY = -1
+
+
+def splitmix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser of each ``uint64`` of ``z`` (any shape): a well-mixed 64-bit hash."""
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 @dataclass(frozen=True)
 class PendingKeys:
     """Misses of one lookup worth storing: their positions ``coalitions`` ``(m,)`` among the
-    looked-up coalitions, and their keys."""
+    looked-up coalitions, their keys ``(m, M)`` and hashes ``(m,)``."""
 
     coalitions: np.ndarray
-    keys: list[bytes]
+    keys: np.ndarray
+    hashes: np.ndarray
 
 
 class CoalitionValueCache:
     """Values ``(K,)`` of coalitions ``(S, x_S)`` seen before, for ``n_players`` players.
 
-    ``column_player``: ``(D,)`` the player of each column.
+    ``column_player``: ``(D,)`` the player of each column; ``width``: ``K``.
     """
 
     def __init__(self, column_player: np.ndarray, width: int, max_bytes: int) -> None:
@@ -53,9 +76,13 @@ class CoalitionValueCache:
     def clear(self) -> None:
         """Forget every value and count (also what a pickled copy starts with)."""
         self._player_ids: list[dict[bytes, int]] = [{} for _ in range(self.n_players)]
-        self._index: dict[bytes, int] = {}
-        self._values = np.empty((1024, self.width))
-        self._bytes = 0
+        self._ids_bytes = 0
+        # nothing is allocated before the first store (one empty slot ends every probe)
+        self._table = np.full(1, _EMPTY, dtype=np.int64)
+        self._hashes = np.empty(0, dtype=np.uint64)
+        self._keys = np.empty((0, self.n_players), dtype=np.uint16)
+        self._values = np.empty((0, self.width))
+        self.entries = 0
         self.hits = 0
         self.misses = 0
         self.full = False
@@ -66,15 +93,23 @@ class CoalitionValueCache:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        del state["_player_ids"], state["_index"], state["_values"]
+        for name in ("_player_ids", "_table", "_hashes", "_keys", "_values"):
+            del state[name]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.clear()
 
-    def _keys(self, x: np.ndarray, masks: np.ndarray) -> list[bytes]:
-        """The key of each coalition of ``masks`` ``(S, M)`` bool for instance ``x`` ``(D,)``."""
+    @property
+    def nbytes(self) -> int:
+        """The memory the cache holds: its arrays as allocated and its id dictionaries."""
+        arrays = self._table.nbytes + self._hashes.nbytes + self._keys.nbytes + self._values.nbytes
+        return arrays + self._ids_bytes
+
+    # ----------------------------------------------------------------- keys
+    def _player_value_ids(self, x: np.ndarray) -> np.ndarray:
+        """``(M,)`` 1 + the id of ``x``'s values on each player's columns."""
         ids = np.empty(self.n_players, dtype=np.int64)
         for p, columns in enumerate(self._columns):
             known = self._player_ids[p]
@@ -83,26 +118,108 @@ class CoalitionValueCache:
             if found is None:
                 # once full, an unseen value gets an id no stored key holds (nothing is stored)
                 found = len(known)
+                cost = len(values) + sys.getsizeof(b"") + ID_ENTRY_OVERHEAD_BYTES
+                if not self.full and self.nbytes + cost > self.max_bytes:
+                    self.full = True
                 if not self.full:
                     known[values] = found
-                    self._bytes += len(values) + sys.getsizeof(b"") + _ENTRY_OVERHEAD_BYTES
+                    self._ids_bytes += cost
             ids[p] = found + 1
-        dtype = np.uint16 if ids.max() < 2**16 else np.uint32 if ids.max() < 2**32 else np.uint64
-        packed = np.where(masks, ids.astype(dtype), dtype(0)).tobytes()
-        width = self.n_players * np.dtype(dtype).itemsize
-        return [packed[i : i + width] for i in range(0, len(packed), width)]
+        return ids
 
-    def lookup(self, x: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, "PendingKeys"]:
-        """The coalitions of ``masks`` ``(S, M)`` bool for instance ``x`` ``(D,)`` seen before.
+    def _keys_and_hashes(self, x: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The keys ``(S, M)`` and hashes ``(S,)`` of the coalitions ``masks`` ``(S, M)`` for ``x``."""
+        ids = self._player_value_ids(x)
+        if ids.max() > np.iinfo(self._keys.dtype).max:
+            self._keys = self._keys.astype(np.uint32 if ids.max() < 2**32 - 1 else np.uint64)
+        keys = np.where(masks, ids.astype(self._keys.dtype), self._keys.dtype.type(0))
+        player_hashes = splitmix64((np.arange(self.n_players, dtype=np.uint64) << np.uint64(40))
+                                   ^ ids.astype(np.uint64))
+        hashes = np.bitwise_xor.reduce(np.where(masks, player_hashes, np.uint64(0)), axis=1)
+        return keys, hashes
+
+    def _find(self, keys: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+        """``(S,)`` the entry of each key, or ``-1``: probes from each hash's slot until the
+        key or an empty slot is found."""
+        mask = np.uint64(len(self._table) - 1)
+        slots = (hashes & mask).astype(np.int64)
+        found = np.full(len(keys), _EMPTY, dtype=np.int64)
+        pending = np.arange(len(keys))
+        while pending.size:
+            entry = self._table[slots[pending]]
+            occupied = entry != _EMPTY
+            candidate = pending[occupied]
+            entry = entry[occupied]
+            same = self._hashes[entry] == hashes[candidate]
+            same[same] = (self._keys[entry[same]] == keys[candidate[same]]).all(axis=1)
+            found[candidate[same]] = entry[same]
+            pending = candidate[~same]
+            slots[pending] = (slots[pending] + 1) & int(mask)
+        return found
+
+    def _place(self, entries: np.ndarray) -> None:
+        """Put ``entries`` (distinct keys, none in the table) into the hash table."""
+        mask = len(self._table) - 1
+        slots = (self._hashes[entries] & np.uint64(mask)).astype(np.int64)
+        pending = np.arange(len(entries))
+        while pending.size:
+            free = self._table[slots[pending]] == _EMPTY
+            taking = pending[free]
+            # of the entries that probe the same free slot now, the first takes it
+            targets, first = np.unique(slots[taking], return_index=True)
+            winners = taking[first]
+            self._table[targets] = entries[winners]
+            placed = np.zeros(len(entries), dtype=bool)
+            placed[winners] = True
+            pending = pending[~placed[pending]]
+            slots[pending] = (slots[pending] + 1) & mask
+
+    def _table_slots_for(self, capacity: int) -> int:
+        """Hash-table slots for ``capacity`` entries: a power of two, at most ``MAX_LOAD`` full."""
+        slots = len(self._table)
+        while capacity > MAX_LOAD * slots:
+            slots *= 2
+        return slots
+
+    def _bytes_at(self, capacity: int) -> int:
+        """:attr:`nbytes` once the arrays hold ``capacity`` entries."""
+        per_entry = self._hashes.itemsize + self._keys.itemsize * self.n_players + 8 * self.width
+        return self._table_slots_for(capacity) * self._table.itemsize + capacity * per_entry + self._ids_bytes
+
+    def _room_for(self, n_new: int) -> int:
+        """How many of ``n_new`` more entries fit, the arrays grown (by doubling) within ``max_bytes``."""
+        capacity = len(self._hashes)
+        if self.entries + n_new > capacity:
+            target = max(self.entries + n_new, 2 * capacity, INITIAL_ENTRIES)
+            while target > capacity and self._bytes_at(target) > self.max_bytes:
+                target = capacity + (target - capacity) // 2
+            if target > capacity:
+                self._grow(target)
+        return min(n_new, len(self._hashes) - self.entries)
+
+    def _grow(self, capacity: int) -> None:
+        n = self.entries
+        for name in ("_hashes", "_keys", "_values"):
+            old = getattr(self, name)
+            new = np.empty((capacity,) + old.shape[1:], dtype=old.dtype)
+            new[:n] = old[:n]
+            setattr(self, name, new)
+        slots = self._table_slots_for(capacity)
+        if slots != len(self._table):
+            self._table = np.full(slots, _EMPTY, dtype=np.int64)
+            self._place(np.arange(n))
+
+    # ----------------------------------------------------------------- public API
+    def lookup(self, x: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, PendingKeys]:
+        """The coalitions of ``masks`` ``(S, M)`` bool (distinct) for instance ``x`` ``(D,)`` seen before.
 
         Returns ``hit`` ``(S,)`` bool, ``values`` ``(S, K)`` (rows of misses undefined) and the
         keys of the misses worth storing, for :meth:`store`.
         """
         sizes = masks.sum(axis=1)
         looked = np.flatnonzero(self._warm_sizes[sizes])
-        keys = self._keys(x, masks[looked])
-        get = self._index.get
-        where = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        keys, hashes = self._keys_and_hashes(x, masks[looked])
+        where = self._find(keys, hashes)
         found = where >= 0
         self._size_lookups += np.bincount(sizes[looked], minlength=self.n_players + 1)
         self._size_hits += np.bincount(sizes[looked[found]], minlength=self.n_players + 1)
@@ -116,37 +233,37 @@ class CoalitionValueCache:
         hit[looked[found]] = True
         values = np.empty((len(masks), self.width))
         values[looked[found]] = self._values[where[found]]
-        missed = np.flatnonzero(~found)
-        return hit, values, PendingKeys(looked[missed], [keys[i] for i in missed.tolist()])
+        missed = ~found
+        return hit, values, PendingKeys(looked[missed], keys[missed], hashes[missed])
 
-    def store(self, pending: "PendingKeys", missing: np.ndarray, computed: np.ndarray) -> None:
+    def store(self, pending: PendingKeys, missing: np.ndarray, computed: np.ndarray) -> None:
         """Keep the values of ``pending``'s coalitions, while there is room.
 
         ``missing`` ``(m,)``: the coalitions that were computed (every miss, in order), and
         ``computed`` ``(m, K)`` their values.
         """
-        keys = pending.keys
-        if self.full or not keys:
+        n_new = len(pending.coalitions)
+        if self.full or not n_new:
             return
-        values = computed[np.searchsorted(missing, pending.coalitions)]
-        size = len(keys[0]) + sys.getsizeof(b"") + 8 * self.width + _ENTRY_OVERHEAD_BYTES
-        room = max(0, (self.max_bytes - self._bytes) // size)
-        if room < len(keys):
+        room = self._room_for(n_new)
+        if room < n_new:
             self.full = True
-            keys, values = keys[:room], values[:room]
-        n = len(self._index)
-        while n + len(keys) > len(self._values):
-            self._values = np.concatenate([self._values, np.empty_like(self._values)])
-        self._values[n : n + len(keys)] = values
-        self._index.update(zip(keys, range(n, n + len(keys))))
-        self._bytes += size * len(keys)
+        if not room:
+            return
+        new = slice(self.entries, self.entries + room)
+        self._hashes[new] = pending.hashes[:room]
+        self._keys[new] = pending.keys[:room]
+        self._values[new] = computed[np.searchsorted(missing, pending.coalitions[:room])]
+        self.entries += room
+        self._place(np.arange(new.start, new.stop))
 
     @property
     def stats(self) -> dict[str, Any]:
-        """hits, misses, hit_rate, entries, bytes (estimated), max_bytes and whether it is full."""
+        """hits, misses, hit_rate, entries, bytes, max_bytes, whether it is full, and the
+        coalition sizes left out after the warm-up."""
         looked = self.hits + self.misses
         return dict(
             hits=self.hits, misses=self.misses, hit_rate=self.hits / looked if looked else 0.0,
-            entries=len(self._index), bytes=self._bytes, max_bytes=self.max_bytes, full=self.full,
+            entries=self.entries, bytes=self.nbytes, max_bytes=self.max_bytes, full=self.full,
             sizes_left_out=np.flatnonzero(~self._warm_sizes).tolist(),
         )
