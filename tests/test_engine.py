@@ -110,6 +110,37 @@ def test_sampled_plan_fills_budget_with_complete_sizes_first():
     np.testing.assert_allclose(plan.weights.sum(), 1.0)
 
 
+class _CoarseKeys:
+    """A generator whose random keys repeat (rounded to 0.1), recording the sizes and keys drawn."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.sizes: np.ndarray | None = None
+        self.keys: list[np.ndarray] = []
+
+    def choice(self, *args, **kwargs):
+        self.sizes = self.rng.choice(*args, **kwargs)
+        return self.sizes
+
+    def random(self, shape):
+        self.keys.append(np.round(self.rng.random(shape), 1))
+        return self.keys[-1]
+
+
+def test_sampled_subsets_have_the_drawn_size_even_when_keys_tie():
+    """Each random coalition is the players of its ``size`` smallest keys, ties broken by rank."""
+    coarse = _CoarseKeys(3)
+    plan = sampled_plan(9, 120, coarse)
+    keys = np.concatenate(coarse.keys)
+    assert (np.sort(keys, axis=1)[:, :-1] == np.sort(keys, axis=1)[:, 1:]).any()  # ties were drawn
+    n_fixed = 18  # 120 of 510 coalitions of 9 players: sizes 1 and 8 enumerated, draws of sizes 2-7
+    assert np.array_equal(np.sort(plan.masks[:n_fixed].sum(axis=1)), [1] * 9 + [8] * 9)
+    ranks = np.argsort(np.argsort(keys, axis=1), axis=1)
+    expected = ranks < (coarse.sizes + 2)[:, None]
+    drawn = {row.tobytes() for row in expected} | {(~row).tobytes() for row in expected}
+    assert all(row.tobytes() in drawn for row in plan.masks[n_fixed:])
+
+
 def test_solve_operator_reproduces_additive_game():
     """If ``v(S) = sum of phi_i over S``, the fit recovers ``phi`` from any full-rank plan."""
     rng = np.random.default_rng(1)

@@ -141,8 +141,16 @@ def sampled_plan(n_players: int, nsamples: int, rng: np.random.Generator) -> Coa
     # float64 keys and ranks never take more than a block's memory.
     for start in range(0, n_draws, DRAW_BLOCK_ROWS):
         stop = min(start + DRAW_BLOCK_ROWS, n_draws)
-        ranks = np.argsort(np.argsort(rng.random((stop - start, m)), axis=1), axis=1)
-        draws[start:stop] = ranks < sizes[start:stop, None]
+        keys = rng.random((stop - start, m))
+        size = sizes[start:stop]
+        # the size-th smallest key bounds the subset: one sort, not the two of a rank
+        threshold = np.sort(keys, axis=1)[np.arange(stop - start), size - 1]
+        block = keys <= threshold[:, None]
+        tied = np.flatnonzero(block.sum(axis=1) != size)  # equal keys (p ~ 1e-14 a row): by rank
+        if tied.size:
+            ranks = np.argsort(np.argsort(keys[tied], axis=1), axis=1)
+            block[tied] = ranks < size[tied, None]
+        draws[start:stop] = block
 
     masks, counts = take_draws(draws, sizes <= num_paired, samples_left)
     random_weights = counts * (weight_vector[fixed.num_full_sizes :].sum() / counts.sum())
