@@ -2,9 +2,10 @@
 
 Options: ``--workload``, ``--backends``, ``--serve-modes``, ``--workers`` (every backend at each
 count), ``--batch-sizes`` (the largest only: this file compares backends, ``test_scaling.py``
-charts batch sizes), ``--n-instances``, ``--nsamples``, ``--nruns`` (timed rounds, after one
-warm-up round), ``--progress``. Fixed: the serial baseline and the plain processes always run;
-one CPU per worker, seed 0. Every backend's values must equal serial bit for bit in every round.
+charts batch sizes), ``--reuse-coalitions`` (each backend also, or only, with reuse), ``--n-instances``,
+``--nsamples``, ``--nruns`` (timed rounds, after one warm-up round), ``--progress``. Fixed: the
+serial baseline and the plain processes always run; one CPU per worker, seed 0. Every backend's
+values must equal serial bit for bit in every round (within ``REUSE_TOLERANCE`` with reuse).
 
 Speedups are paired in time: before each of a backend's rounds (warm-up included), the
 serial engine explains the same instances in this process, on one CPU, while the backend's
@@ -33,7 +34,7 @@ import numpy as np
 import pytest
 
 from explainers.bench.bare_processes import BareProcesses
-from explainers.bench.factory import assert_same_values, close_explainer
+from explainers.bench.factory import REUSE_TOLERANCE, assert_same_values, close_explainer
 from explainers.bench.grid import PROCESSES, SERIAL
 from explainers.bench.machine_cpu import CpuPerRound, machine_cpu_summary
 from explainers.bench.pairing import SerialRounds
@@ -99,7 +100,7 @@ def test_backend(benchmark, request, backend_config, kernelshap_ray, workload, e
             with kernelshap_ray.progress_visible():
                 values = explain()
             cpu_seconds.append(time.process_time() - cpu0)
-            assert_same_values(values, serial.values, config.id)
+            assert_same_values(values, serial.values, config.id, tol=REUSE_TOLERANCE if config.reuse else 0)
             return values
 
         benchmark.pedantic(explain_and_check, setup=machine_cpu or setup, rounds=rounds, warmup_rounds=1,
@@ -141,6 +142,7 @@ def test_backend(benchmark, request, backend_config, kernelshap_ray, workload, e
         serve_mode=config.serve_mode, workers=config.workers,
         batch_size=None if config.backend == SERIAL else config.batch_size,
         n_instances=len(instances), nsamples=serial_engine.nsamples_, exact=serial_engine.exact,
-        seconds=stats.min, mean_seconds=stats.mean, nodes_used=1, **fields,
+        seconds=stats.min, mean_seconds=stats.mean, nodes_used=1,
+        reuse_coalitions=config.reuse if config.distributed else None, **fields,
     )
     benchmark.extra_info.update(record.to_extra_info())

@@ -2,12 +2,14 @@
 
 Options: ``--workload``, ``--backends``, ``--serve-modes``, ``--workers``, ``--batch-sizes`` (one
 benchmark per combination, plus the serial baseline ``serial``, which runs first),
-``--n-instances``, ``--nsamples``, ``--nruns``, ``--progress``, ``--placement-timeout`` and the
+``--reuse-coalitions``, ``--n-instances``, ``--nsamples``, ``--nruns``, ``--progress``,
+``--placement-timeout`` and the
 gates ``--min-efficiency`` / ``--max-overhead-share``. Fixed: one CPU per worker, seed 0.
 
 Each benchmark explains the first ``--n-instances`` instances ``--nruns`` times and checks every
-round against the serial reference values bit for bit (``np.array_equal``) inside the timed
-function, so no time is recorded for a wrong answer.
+round against the serial reference values bit for bit (``np.array_equal``; within
+``REUSE_TOLERANCE`` for a ``-reuse`` configuration of ``--reuse-coalitions on|both``) inside the
+timed function, so no time is recorded for a wrong answer.
 
 Speedups are paired in time: before each round of a distributed benchmark, the serial
 engine explains the same instances in this process (one CPU) while the workers wait, and
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import time
 
-from explainers.bench.factory import InClusterExplainer, assert_same_values, close_explainer
+from explainers.bench.factory import REUSE_TOLERANCE, InClusterExplainer, assert_same_values, close_explainer
 from explainers.bench.machine_cpu import CpuPerRound, machine_cpu_summary
 from explainers.bench.nodes import ActorNodeTracker
 from explainers.bench.pairing import paired_efficiency
@@ -60,7 +62,7 @@ def test_scaling(
         def explain_and_check():
             with kernelshap_ray.progress_visible():
                 values = explainer.explain(X)
-            assert_same_values(values, serial_reference, config.id)
+            assert_same_values(values, serial_reference, config.id, tol=REUSE_TOLERANCE if config.reuse else 0)
             return values
 
         benchmark.pedantic(explain_and_check, setup=(machine_cpu or serial_rounds) if config.distributed else None,
@@ -80,7 +82,7 @@ def test_scaling(
         suite="scaling", workload=workload.name, backend=config.backend, serve_mode=config.serve_mode,
         workers=config.workers, batch_size=config.batch_size, n_instances=len(X),
         nsamples=kernelshap_ray.nsamples, exact=kernelshap_ray.exact, mean_seconds=stats.mean,
-        nodes_used=nodes_used,
+        nodes_used=nodes_used, reuse_coalitions=config.reuse if config.distributed else None,
         serial_seconds=paired if config.distributed else None,
         serial_rounds=serial_rounds.seconds if config.distributed else None,
         startup_seconds=startup_seconds if config.distributed else None,

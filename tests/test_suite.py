@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+# the modules the breast-cancer workload imports lazily, imported before any of pytester's
+# snapshots of sys.modules: removed after one in-process run, they could not be imported again
+import sklearn.datasets  # noqa: F401, E402
+import sklearn.ensemble  # noqa: F401, E402
+
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +64,27 @@ def test_the_default_grid_in_every_file_follows_the_cpus(perf_suite):
     assert len(mission) == 2 and all("data-w2-b5" in i for i in mission)
 
 
+def test_reuse_coalitions_is_a_dimension_of_the_scaling_and_backends_grids(perf_suite):
+    def ids(*args: str) -> dict[str, list[str]]:
+        # in subprocesses: a second in-process run would import the workload's extensions again
+        result = perf_suite.runpytest_subprocess("--collect-only", "-q", "--workload", BREAST_CANCER,
+                                                 "--backends", "pool", "--workers", "2", "--batch-sizes", "5", *args)
+        items = _collected(result)
+        return {f: [i.split("[", 1)[1].rstrip("]") for i in items if i.startswith(f + ".py")]
+                for f in ("test_scaling", "test_backends")}
+
+    assert ids() == {"test_scaling": ["serial", "pool-w2-b5"],
+                     "test_backends": ["serial", "processes-w2-b5", "pool-w2-b5"]}
+    assert ids("--reuse-coalitions", "on") == {"test_scaling": ["serial", "pool-w2-b5-reuse"],
+                                               "test_backends": ["serial", "processes-w2-b5", "pool-w2-b5-reuse"]}
+    assert ids("--reuse-coalitions", "both")["test_scaling"] == ["serial", "pool-w2-b5", "pool-w2-b5-reuse"]
+    perf_suite.makeini("[pytest]\nkernelshap_reuse_coalitions = on\n")
+    assert ids()["test_scaling"] == ["serial", "pool-w2-b5-reuse"]
+    result = perf_suite.runpytest_subprocess("--collect-only", "-q", "--reuse-coalitions", "yes")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--reuse-coalitions: 'yes' is not allowed; choose from off, on, both" in result.stderr.str()
+
+
 PRINT = """
 def test_options(kernelshap_ray):
     o = kernelshap_ray.options
@@ -102,7 +128,8 @@ def test_every_perf_file_runs_on_another_workload(perf_suite):
     out = perf_suite.path / "out.json"
     result = perf_suite.runpytest_subprocess(
         "-p", "no:cacheprovider", "--workload", BREAST_CANCER, "--backends", "pool", "--workers", "1",
-        "--batch-sizes", "4", "--n-instances", "8", "--nruns", "1", f"--benchmark-json={out}",
+        "--batch-sizes", "4", "--n-instances", "8", "--nruns", "1", "--reuse-coalitions", "both",
+        f"--benchmark-json={out}",
         "-W", "ignore::UserWarning", timeout=600,
     )
     outcomes = result.parseoutcomes()
@@ -118,3 +145,6 @@ def test_every_perf_file_runs_on_another_workload(perf_suite):
         assert bench["stats"]["rounds"] == 1, bench["fullname"]
         suites.add(info["suite"])
     assert suites == {"scaling", "backends", "engine", "mission"}
+    reused = {b["name"] for b in saved["benchmarks"]
+              if b["extra_info"]["suite"] in ("scaling", "backends") and b["extra_info"].get("reuse_coalitions")}
+    assert reused == {"test_scaling[pool-w1-b4-reuse]", "test_backend[pool-w1-b4-reuse]"}

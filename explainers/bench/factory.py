@@ -84,7 +84,7 @@ class ExplainerFactory:
                  **config_fields: Any) -> Any:
         if isinstance(config, str):
             config = ScalingConfig(config, **config_fields)
-        overrides = engine or {}
+        overrides = {"reuse_coalitions": config.reuse, **(engine or {})}
         if not config.distributed:
             from explainers.kernelshap.engine import KernelShap
 

@@ -4,9 +4,10 @@ Every perf file is parametrised here (through the plugin's ``pytest_generate_tes
 options govern all of them:
 
 - ``scaling_config`` (``perf/test_scaling.py``): the serial baseline, then every backend x
-  Serve mode x batch size x worker count;
+  Serve mode x batch size x worker count (x reuse of coalition values, with
+  ``--reuse-coalitions both``);
 - ``backend_config`` (``perf/test_backends.py``): the serial baseline, then per worker count the
-  plain processes and every backend, at the largest batch size;
+  plain processes and every backend (x reuse), at the largest batch size;
 - ``mission_config`` (``perf/test_mission.py``): every backend at the largest worker count and
   batch size.
 """
@@ -20,16 +21,20 @@ from explainers.kernelshap.backends import backend_label
 #: the plain-processes baseline of ``perf/test_backends.py`` (no Ray; ``explainers.bench.bare_processes``)
 PROCESSES = "processes"
 SERIAL = "serial"
+#: the end of a configuration's id when its engine reuses coalition values
+REUSE_SUFFIX = "-reuse"
 
 
 @dataclass(frozen=True)
 class ScalingConfig:
-    """One configuration: a backend (or ``serial`` / ``processes``), its Serve mode, workers and batch size."""
+    """One configuration: a backend (or ``serial`` / ``processes``), its Serve mode, workers and
+    batch size, and whether its engine reuses coalition values across instances (``reuse``)."""
 
     backend: str
     workers: int = 1
     batch_size: int | None = None
     serve_mode: str | None = None
+    reuse: bool = False
 
     @property
     def distributed(self) -> bool:
@@ -43,17 +48,18 @@ class ScalingConfig:
 
     @property
     def id(self) -> str:
-        """Test id: ``serial``, ``pool-w2-b5``, ``serve-ray-w2-b10``, ``processes-w1-b10``."""
+        """Test id: ``serial``, ``pool-w2-b5``, ``serve-ray-w2-b10``, ``processes-w1-b10``, and
+        ``pool-w2-b5-reuse`` with reuse."""
         if self.backend == SERIAL:
             return SERIAL
-        return f"{self.label}-w{self.workers}-b{self.batch_size}"
+        return f"{self.label}-w{self.workers}-b{self.batch_size}" + (REUSE_SUFFIX if self.reuse else "")
 
     @property
     def group(self) -> str:
         """pytest-benchmark group: one table per backend (and mode) and batch size, rows = workers."""
         if self.backend == SERIAL:
             return SERIAL
-        return f"{self.label} batch={self.batch_size}"
+        return f"{self.label} batch={self.batch_size}" + (" reuse" if self.reuse else "")
 
     def __str__(self) -> str:  # shown by pytest-benchmark's ``param`` grouping
         return self.id
@@ -71,25 +77,29 @@ def scaling_grid(
     batch_sizes: Sequence[int],
     *,
     serial: bool = True,
+    reuse: Sequence[bool] = (False,),
 ) -> list[ScalingConfig]:
-    """The serial baseline first, then every (backend, mode, batch size, workers) combination."""
+    """The serial baseline first, then every (backend, mode, batch size, workers, reuse) combination."""
     configs = [ScalingConfig(SERIAL)] if serial else []
     for backend, mode in backend_modes(backends, serve_modes):
         for batch in batch_sizes:
             for w in workers:
-                configs.append(ScalingConfig(backend, int(w), int(batch), mode))
+                configs += [ScalingConfig(backend, int(w), int(batch), mode, r) for r in reuse]
     return configs
 
 
 def backends_grid(
     backends: Sequence[str], serve_modes: Sequence[str], workers: Sequence[int], batch_sizes: Sequence[int],
+    *, reuse: Sequence[bool] = (False,),
 ) -> list[ScalingConfig]:
-    """Serial, then per worker count the plain processes and each backend, at the largest batch size."""
+    """Serial, then per worker count the plain processes and each backend (x ``reuse``), at the
+    largest batch size."""
     batch = max(batch_sizes)
     configs = [ScalingConfig(SERIAL)]
     for w in workers:
         configs.append(ScalingConfig(PROCESSES, int(w), batch))
-        configs += [ScalingConfig(b, int(w), batch, m) for b, m in backend_modes(backends, serve_modes)]
+        configs += [ScalingConfig(b, int(w), batch, m, r) for b, m in backend_modes(backends, serve_modes)
+                    for r in reuse]
     return configs
 
 

@@ -30,6 +30,8 @@ DEFAULT_NRUNS = 3
 #: the study's protocol (``--study``): timed rounds per configuration and its batch sizes
 STUDY_NRUNS = 5
 STUDY_BATCH_SIZES = (1, 5, 10)
+#: ``--reuse-coalitions``: whether the scaling and backends grids' engines reuse coalition values
+REUSE_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,11 @@ OPTIONS: tuple[_Opt, ...] = (
          kind="list", metavar="LIST"),
     _Opt("--serve-modes", "kernelshap_serve_modes",
          f"Serve modes, from {', '.join(SERVE_MODES)} (default: both)", kind="list", metavar="LIST"),
+    _Opt("--reuse-coalitions", "kernelshap_reuse_coalitions",
+         "whether the engines of perf/test_scaling.py and perf/test_backends.py reuse coalition values "
+         "across instances (KernelShap(reuse_coalitions=True), ids end in -reuse): off (default), on or "
+         "both (every configuration twice); perf/test_engine_speed.py and perf/test_mission.py always time both",
+         metavar="off|on|both"),
     _Opt("--n-instances", "kernelshap_n_instances",
          f"instances of the workload explained per benchmark (default {DEFAULT_N_INSTANCES}; "
          "--study: all of them, 2560 for Adult)", metavar="N"),
@@ -241,6 +248,7 @@ class PluginOptions:
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     backends: tuple[str, ...] = BACKENDS
     serve_modes: tuple[str, ...] = SERVE_MODES
+    reuse_coalitions: str = "off"
     n_instances: int | None = None  # None: DEFAULT_N_INSTANCES, or all of the workload's with --study
     nsamples: int | str = "auto"
     nruns: int = DEFAULT_NRUNS
@@ -254,6 +262,11 @@ class PluginOptions:
     compare_gate: str | None = None
     k8s: K8sOptions = field(default_factory=K8sOptions)
     k8s_scale: bool = False
+
+    @property
+    def reuse_variants(self) -> tuple[bool, ...]:
+        """The ``reuse_coalitions`` values of the scaling and backends grids."""
+        return REUSE_CHOICES[self.reuse_coalitions]
 
     @property
     def runs_as_job(self) -> bool:
@@ -320,6 +333,7 @@ class PluginOptions:
             batch_sizes=batch_sizes or (STUDY_BATCH_SIZES if study else DEFAULT_BATCH_SIZES),
             backends=_choice_list("--backends", _raw(config, "--backends"), BACKENDS) or BACKENDS,
             serve_modes=_choice_list("--serve-modes", _raw(config, "--serve-modes"), SERVE_MODES) or SERVE_MODES,
+            reuse_coalitions=_choice("--reuse-coalitions", _raw(config, "--reuse-coalitions"), tuple(REUSE_CHOICES)),
             n_instances=n_instances,
             nsamples=nsamples,
             nruns=_int("--nruns", runs_raw) if runs_raw is not None else (STUDY_NRUNS if study else DEFAULT_NRUNS),

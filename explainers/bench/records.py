@@ -133,7 +133,7 @@ class BenchmarkRecord:
     floor_rows: str | None = _f("str", "engine floors: all synthetic rows or the distinct ones",
                                 allowed=FLOOR_ROWS)
     rows_per_instance: int | None = _f("int", "engine floors: synthetic rows per instance", minimum=1)
-    reuse_coalitions: bool | None = _f("bool", "engine, mission: coalition values reused across instances")
+    reuse_coalitions: bool | None = _f("bool", "engine, mission, scaling, backends: coalition values reused across instances")
     peak_memory_mb: float | None = _f("float", "engine: peak traced memory of one explain, MiB")
     chunk_rows: int | None = _f("int", "engine, mission: the chunk size chosen on this CPU", minimum=1)
     row_strategy: str | None = _f("str", "engine, mission: dense or distinct rows", allowed=ROW_STRATEGIES)

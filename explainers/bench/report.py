@@ -149,7 +149,7 @@ def _figures(records: Sequence[Record], ref: Sequence[ReferenceRow] | None, titl
     by_kind: dict[str, dict[str, Figure | None]] = {kind: {} for kind in FIGURE_KINDS}
     for setting in settings:
         recs = [r for r in records if r.setting == setting]
-        grid = [r for r in recs if not r.headline]
+        grid = [r for r in recs if not r.headline and not r.reuse_coalitions]  # the study's engine
         heads = [r for r in recs if r.headline or r.panel == SERIAL]
         drawn: dict[str, Figure | None] = {}
         if any(r.panel != SERIAL for r in grid):

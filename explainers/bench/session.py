@@ -160,12 +160,14 @@ class KernelShapRaySession:
     def scaling_configs(self) -> list[ScalingConfig]:
         """``perf/test_scaling.py``: serial, then backends x modes x batch sizes x workers."""
         opts = self.options
-        return scaling_grid(opts.backends, opts.serve_modes, self.workers(), opts.batch_sizes)
+        return scaling_grid(opts.backends, opts.serve_modes, self.workers(), opts.batch_sizes,
+                            reuse=opts.reuse_variants)
 
     def backend_configs(self) -> list[ScalingConfig]:
         """``perf/test_backends.py``: serial, then per worker count the plain processes and each backend."""
         opts = self.options
-        return backends_grid(opts.backends, opts.serve_modes, self.workers(), opts.batch_sizes)
+        return backends_grid(opts.backends, opts.serve_modes, self.workers(), opts.batch_sizes,
+                             reuse=opts.reuse_variants)
 
     def mission_configs(self) -> list[ScalingConfig]:
         """``perf/test_mission.py``: each backend at the largest worker count and batch size."""
@@ -236,6 +238,7 @@ class KernelShapRaySession:
             f"nsamples={opts.nsamples} nruns={opts.nruns} "
             f"backends={','.join(opts.backends)} serve_modes={','.join(opts.serve_modes)} "
             f"batch_sizes={','.join(map(str, opts.batch_sizes))} workers={workers}"
+            + (f" reuse_coalitions={opts.reuse_coalitions}" if opts.reuse_coalitions != "off" else "")
             + (" progress" if opts.progress else "")
             + (f" min_efficiency={opts.min_efficiency:g}" if opts.min_efficiency is not None else "")
             + (f" max_overhead_share={opts.max_overhead_share:g}" if opts.max_overhead_share is not None else "")
