@@ -84,9 +84,9 @@ def test_a_remeasurement_with_paired_speedups_raises_no_alarm(noise):
 
 
 def _slowdowns_it_can_see() -> list[tuple[str, float]]:
-    """docs/compare.md, 5 rounds: 40% for a benchmark with paired serial rounds (its speedup is
+    """docs/compare.md, 5 rounds: 50% for a benchmark with paired serial rounds (its speedup is
     judged), 70% for one judged on time alone (the serial baseline)."""
-    return [(b["fullname"], 1.4 if b["extra_info"].get("serial_rounds") and "[serial]" not in b["fullname"] else 1.7)
+    return [(b["fullname"], 1.5 if b["extra_info"].get("serial_rounds") and "[serial]" not in b["fullname"] else 1.7)
             for b in json.loads(SMOKE_AMD.read_text())["benchmarks"]]
 
 
