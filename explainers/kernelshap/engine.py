@@ -34,6 +34,7 @@ from explainers.kernelshap.coalitions import (
     solve_operator,
 )
 from explainers.kernelshap.distinct_rows import DEFAULT_DISTINCT_CACHE_BYTES, DistinctRows, RowSet, take
+from explainers.kernelshap.row_kernels import build_distinct_rows, compile_kernels, weighted_means
 from explainers.kernelshap.threads import DEFAULT_MODEL_THREADS, check_model_threads, cpu_kernel, limited_threads
 
 Predict = Callable[[np.ndarray], Any]
@@ -68,10 +69,11 @@ def _trusted_finite_inputs() -> contextlib.AbstractContextManager[Any]:
 
 @dataclass(frozen=True)
 class _Buffers:
-    """Synthetic rows of one model call, column-major, with room for ``x`` as a last row.
+    """Synthetic rows of one model call, with room for ``x`` as a last row.
 
-    ``rows`` ``(D, max(chunk_rows, N) + 1)`` for distinct rows; for every row of ``c``
-    coalitions, ``tile`` ``(D, c, N)`` (the background repeated) and ``dense`` ``(D, c * N + 1)``.
+    ``rows`` ``(max(chunk_rows, N) + 1, D)`` (row-major) for distinct rows; for every row of
+    ``c`` coalitions (column-major), ``tile`` ``(D, c, N)`` (the background repeated) and
+    ``dense`` ``(D, c * N + 1)``.
     """
 
     rows: np.ndarray
@@ -85,7 +87,7 @@ class _Buffers:
         """Only the buffers ``strategies`` use are allocated; the others are empty."""
         n_cols, n_bg = background_t.shape
         empty = np.empty((n_cols, 0))
-        rows = np.empty((n_cols, max(chunk_rows, n_bg) + 1)) if "distinct" in strategies else empty
+        rows = np.empty((max(chunk_rows, n_bg) + 1, n_cols)) if "distinct" in strategies else empty.T
         if "dense" not in strategies:
             return cls(rows, empty[:, None, :], empty)
         per_call = max(1, min(chunk_rows // n_bg, max_coalitions))
@@ -412,6 +414,11 @@ class KernelShap:
         state["_full_rows"] = None  # found again where it is used
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.row_strategy_ == "distinct":
+            compile_kernels()  # in a worker: when it receives the engine, not in its first timed call
+
     # ----------------------------------------------------------------- public API
     def check_X(self, X: Any) -> np.ndarray:
         """``X`` validated as a ``(n, D)`` float64 array; a 1-D ``X`` is one instance.
@@ -574,6 +581,8 @@ class KernelShap:
             sizes = candidates(len(plan) * len(self.background), self.n_columns)
         if plan is None:
             return ChunkChoice(sizes[0], strategies[0], "whole instance")
+        if "distinct" in strategies:
+            compile_kernels()  # before the clock: the first compilation on a machine takes seconds
         masks, rows = self._masks(plan, players), self._rows_of(plan, players)
         buffers: dict[int, _Buffers] = {}
 
@@ -599,18 +608,19 @@ class KernelShap:
         chunk_rows: int, strategy: str,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Background-averaged output of every coalition of ``masks``, and ``f(x)``, the model
-        the model seeing each coalition's distinct rows once (``strategy == "distinct"``) or
-        every row (``"dense"``, :meth:`_dense_values`).
+        seeing each coalition's distinct rows once (``strategy == "distinct"``) or every row
+        (``"dense"``, :meth:`_dense_values`).
 
         ``x`` is instance ``index`` of the request (for errors); ``masks``: ``(S, M)`` bool and
         ``rows`` their distinct background rows. Returns ``(S, K')`` and ``(K',)`` with
         ``K' = max(K, 1)``, both before the link.
 
         Whole coalitions go to the model together, up to ``chunk_rows`` synthetic rows (one
-        coalition alone may have up to ``N``). Their rows are built column-major in
-        ``buffer`` ``(D, >= chunk_rows + 1)``: the representatives' background rows, then ``x``
-        on the columns of the players each coalition holds; the model sees the transpose.
-        The first call carries ``x`` itself as its last row, which gives ``f(x)``.
+        coalition alone may have up to ``N``). Their rows are built row-major in ``buffers.rows``
+        ``(>= chunk_rows + 1, D)`` by :func:`~explainers.kernelshap.row_kernels.build_distinct_rows`,
+        and their means weighted by the rows each stands for in a fixed order
+        (:func:`~explainers.kernelshap.row_kernels.weighted_means`). The first call carries ``x``
+        itself as its last row, which gives ``f(x)``.
         """
         if strategy == "dense":
             return self._dense_values(x, index, masks, buffers)
@@ -624,16 +634,10 @@ class KernelShap:
         while first < len(masks):
             stop = int(np.searchsorted(starts, starts[first] + chunk_rows, side="right")) - 1
             stop = min(max(stop, first + 1), len(masks))
-            lo, hi = int(starts[first]), int(starts[stop])
-            n_rows = hi - lo
-            block = buffer[:, :n_rows]
-            np.take(self._background_t, rows.rows[lo:hi], axis=1, out=block, mode="clip")
-            coalition_of_row = np.repeat(np.arange(stop - first), np.diff(starts[first : stop + 1]))
-            holds = masks[first:stop][coalition_of_row]  # (n_rows, M)
-            for player, player_runs in enumerate(self._runs):
-                selected = holds[:, player]
-                for a, b in player_runs:
-                    block[a:b, selected] = x[a:b, None]
+            lo = int(starts[first])
+            n_rows = build_distinct_rows(
+                self.background, x, self._column_player, masks, rows.rows, starts, first, stop, buffer
+            )
 
             def where(row: int, first: int = first, lo: int = lo, n_rows: int = n_rows) -> str:
                 if row == n_rows:
@@ -641,25 +645,24 @@ class KernelShap:
                 s = first + int(np.searchsorted(starts, lo + row, side="right")) - 1
                 return f"instance {index} (coalition {s}, background row {int(rows.rows[lo + row])})"
 
-            out, fx = self._call_chunk(buffer, n_rows, x, fx, where)
-            # weighted sums along a contiguous axis, coalition by coalition
-            by_output = np.ascontiguousarray(out.T) * rows.counts[lo:hi]
-            sums = np.add.reduceat(by_output, starts[first:stop] - lo, axis=1)
-            values[first:stop] = (sums / n_bg).T
+            out, fx = self._call_chunk(buffer[: n_rows + 1], x, fx, where)
+            weighted_means(np.ascontiguousarray(out), rows.counts, starts, first, stop, n_bg, values[first:stop])
             first = stop
         if fx is None:
             fx = self._call_model(x[None, :], self._output, lambda _: f"instance {index} itself").reshape(-1)
         return values, fx
 
     def _call_chunk(
-        self, buffer: np.ndarray, n_rows: int, x: np.ndarray, fx: np.ndarray | None, where: Callable[[int], str]
+        self, block: np.ndarray, x: np.ndarray, fx: np.ndarray | None, where: Callable[[int], str]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The model's output ``(n_rows, K')`` on the rows ``buffer[:, :n_rows]`` (column-major),
-        and ``f(x)`` ``(K',)``: ``fx`` if known, else from ``x`` riding along as one more row."""
+        """The model's output ``(n_rows, K')`` on the first ``n_rows`` rows of ``block``
+        ``(n_rows + 1, D)``, and ``f(x)`` ``(K',)``: ``fx`` if known, else from ``x`` written to
+        the last row and riding along."""
+        n_rows = len(block) - 1
         if fx is not None:
-            return self._call_model(buffer[:, :n_rows].T, self._output, where).reshape(n_rows, -1), fx
-        buffer[:, n_rows] = x
-        out = self._call_model(buffer[:, : n_rows + 1].T, self._output, where).reshape(n_rows + 1, -1)
+            return self._call_model(block[:n_rows], self._output, where).reshape(n_rows, -1), fx
+        block[n_rows] = x
+        out = self._call_model(block, self._output, where).reshape(n_rows + 1, -1)
         return out[:-1], out[-1].copy()
 
     def _dense_values(
@@ -692,7 +695,7 @@ class KernelShap:
                     return f"instance {index} itself"
                 return f"instance {index} (coalition {first + row // n_bg}, background row {row % n_bg})"
 
-            out, fx = self._call_chunk(buffer, n_rows, x, fx, where)
+            out, fx = self._call_chunk(buffer[:, : n_rows + 1].T, x, fx, where)
             # averaging along a contiguous axis is ~10x faster than across the (rows, K) layout
             by_output = np.ascontiguousarray(out.T).reshape(-1, len(chunk), n_bg)
             values[start : start + len(chunk)] = by_output.mean(axis=2).T
