@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from explainers import KernelShap
-from explainers.kernelshap.coalitions import full_plan, sampled_plan, solve_operator
+from explainers.kernelshap.coalitions import full_plan, sampled_plan, solve_operator, take_draws
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +136,25 @@ def test_sampled_subsets_have_the_drawn_size_even_when_keys_tie():
     n_fixed = 18  # 120 of 510 coalitions of 9 players: sizes 1 and 8 enumerated, draws of sizes 2-7
     assert np.array_equal(np.sort(plan.masks[:n_fixed].sum(axis=1)), [1] * 9 + [8] * 9)
     ranks = np.argsort(np.argsort(keys, axis=1), axis=1)
-    expected = ranks < (coarse.sizes + 2)[:, None]
+    expected = ranks < (coarse.sizes[: len(keys)] + 2)[:, None]  # keys are drawn until the budget is met
     drawn = {row.tobytes() for row in expected} | {(~row).tobytes() for row in expected}
     assert all(row.tobytes() in drawn for row in plan.masks[n_fixed:])
+
+
+def test_the_walk_over_draws_stops_where_the_budget_runs_out():
+    """What lets ``sampled_plan`` draw a budget's worth at a time: once a prefix of the draws has
+    spent the budget, the draws after it change nothing."""
+    rng = np.random.default_rng(4)
+    draws = rng.random((400, 5)) < 0.5  # 30 distinct coalitions: many repeats
+    paired = rng.random(400) < 0.5
+    for budget in (1, 7, 20, 31):
+        everything = take_draws(draws, paired, budget)
+        stops = [n for n in range(1, 401) if take_draws(draws[:n], paired[:n], budget)[2] >= budget]
+        assert stops, "the budget is never spent"
+        prefix = take_draws(draws[: stops[0]], paired[: stops[0]], budget)
+        assert np.array_equal(prefix[0], everything[0]) and np.array_equal(prefix[1], everything[1])
+    short = take_draws(draws[:3], paired[:3], 1000)
+    assert short[2] < 1000 and len(short[0]) == short[2]  # not spent: every new draw (and complement) taken
 
 
 def test_solve_operator_reproduces_additive_game():

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from explainers import KernelShap
-from explainers.kernelshap.coalitions import plan_bytes, sampled_plan, take_draws
+from explainers.kernelshap.coalitions import full_plan, plan_bytes, sampled_plan, take_draws
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,26 @@ def test_nan_output_names_the_instance_and_row():
         engine.explain(X)
 
 
+@pytest.mark.parametrize("strategy", ["distinct", "dense"])
+def test_nan_output_names_the_coalition_and_background_row_it_came_from(strategy):
+    """Past the first model call too: one coalition per call, so the row is in a later chunk."""
+    background, X = _output_problem()
+    background[7, 0] = 9.0  # only background row 7 has it: its class on column 0 is itself
+    x = X[0]
+
+    def predict(rows):
+        out = np.full(len(rows), 0.5)
+        out[(rows[:, 0] == 9.0) & (rows[:, 1] == x[1])] = np.nan  # row 7 with x on player 1, not on 0
+        return out
+
+    engine = KernelShap(predict, background, nsamples=14, chunk_rows=len(background), row_strategy=strategy)
+    masks = full_plan(4).masks
+    coalition = int(np.flatnonzero(masks[:, 1] & ~masks[:, 0])[0])
+    assert coalition > 0
+    with pytest.raises(ValueError, match=rf"instance 0 \(coalition {coalition}, background row 7\)"):
+        engine.explain(x)
+
+
 def test_inf_output_of_the_background_is_refused():
     background, _ = _output_problem()
     with pytest.raises(ValueError, match=r"predict returned inf for background row 4"):
@@ -121,7 +141,7 @@ def test_more_than_64_players_keep_distinct_coalitions():
     m = 70
     draws = np.zeros((3, m), dtype=bool)
     draws[0, 64] = draws[1, 64] = draws[2, 65] = True
-    masks, counts = take_draws(draws, np.zeros(3, dtype=bool), budget=2)
+    masks, counts, _ = take_draws(draws, np.zeros(3, dtype=bool), budget=2)
     assert masks.shape == (2, m)
     assert masks[0, 64] and masks[1, 65] and masks.sum() == 2
     assert counts.tolist() == [2.0, 1.0]

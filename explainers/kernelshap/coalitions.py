@@ -136,23 +136,32 @@ def sampled_plan(n_players: int, nsamples: int, rng: np.random.Generator) -> Coa
     n_draws = 4 * samples_left
     sizes = rng.choice(len(size_probs), n_draws, p=size_probs) + fixed.num_full_sizes + 1
     draws = np.empty((n_draws, m), dtype=bool)
-    # A uniformly random subset of each size: the players with the `size` smallest keys. The
-    # keys are drawn in blocks (the same stream as one draw of all of them) so that their
-    # float64 keys and ranks never take more than a block's memory.
-    for start in range(0, n_draws, DRAW_BLOCK_ROWS):
-        stop = min(start + DRAW_BLOCK_ROWS, n_draws)
-        keys = rng.random((stop - start, m))
-        size = sizes[start:stop]
-        # the size-th smallest key bounds the subset: one sort, not the two of a rank
-        threshold = np.sort(keys, axis=1)[np.arange(stop - start), size - 1]
-        block = keys <= threshold[:, None]
-        tied = np.flatnonzero(block.sum(axis=1) != size)  # equal keys (p ~ 1e-14 a row): by rank
-        if tied.size:
-            ranks = np.argsort(np.argsort(keys[tied], axis=1), axis=1)
-            block[tied] = ranks < size[tied, None]
-        draws[start:stop] = block
+    paired = sizes <= num_paired
+    # The draws are made a budget's worth at a time, and the walk stops at the first stage in
+    # which the budget runs out: the draws after it are never taken, and each block of keys is
+    # the same stream as one draw of all of them, so the plan is the one all the draws give.
+    drawn = 0
+    while True:
+        stage_stop = min(drawn + samples_left, n_draws)
+        # A uniformly random subset of each size: the players with the `size` smallest keys,
+        # drawn in blocks so that their float64 keys never take more than a block's memory.
+        for start in range(drawn, stage_stop, DRAW_BLOCK_ROWS):
+            stop = min(start + DRAW_BLOCK_ROWS, stage_stop)
+            keys = rng.random((stop - start, m))
+            size = sizes[start:stop]
+            # the size-th smallest key bounds the subset: one sort, not the two of a rank
+            threshold = np.sort(keys, axis=1)[np.arange(stop - start), size - 1]
+            block = keys <= threshold[:, None]
+            tied = np.flatnonzero(block.sum(axis=1) != size)  # equal keys (p ~ 1e-14 a row): by rank
+            if tied.size:
+                ranks = np.argsort(np.argsort(keys[tied], axis=1), axis=1)
+                block[tied] = ranks < size[tied, None]
+            draws[start:stop] = block
+        drawn = stage_stop
+        masks, counts, spent = take_draws(draws[:drawn], paired[:drawn], samples_left)
+        if spent >= samples_left or drawn == n_draws:
+            break
 
-    masks, counts = take_draws(draws, sizes <= num_paired, samples_left)
     random_weights = counts * (weight_vector[fixed.num_full_sizes :].sum() / counts.sum())
     return CoalitionPlan(
         np.concatenate([fixed.masks, masks]),
@@ -170,15 +179,29 @@ def coalition_codes(masks: np.ndarray) -> np.ndarray:
     return packed.view(np.dtype((np.void, packed.shape[1]))).reshape(len(masks))
 
 
-def take_draws(draws: np.ndarray, paired: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+#: up to this many players a coalition is also an int64 (its bitmask), which sorts fast
+_INT_KEY_MAX_PLAYERS = 62
+
+
+def coalition_keys(masks: np.ndarray) -> np.ndarray:
+    """Sortable keys, equal exactly when the coalitions are: ``(n,)`` int64 bitmasks up to
+    ``_INT_KEY_MAX_PLAYERS`` players (sorting them is several times faster), else
+    :func:`coalition_codes`. ``masks``: ``(n, M)`` bool."""
+    if masks.shape[1] <= _INT_KEY_MAX_PLAYERS:
+        return masks.astype(np.int64) @ (np.int64(1) << np.arange(masks.shape[1], dtype=np.int64))
+    return coalition_codes(masks)
+
+
+def take_draws(draws: np.ndarray, paired: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray, int]:
     """shap's sampling loop, vectorised: walk the draws in order until ``budget`` coalitions are taken.
 
     ``draws``: ``(n, M)`` bool; ``paired``: ``(n,)``, whether a draw's complement is taken with it.
     A new coalition costs one (its complement, taken when budget is left, one more); a repeated
     one adds one to its weight and to its complement's. Returns the coalitions ``(S, M)``, each
-    followed by its complement, and their counts ``(S,)``.
+    followed by its complement, their counts ``(S,)``, and the budget the draws spent (at least
+    ``budget`` once it ran out: then more draws would change nothing).
     """
-    _, first, inverse = np.unique(coalition_codes(draws), return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(coalition_keys(draws), return_index=True, return_inverse=True)
     new = first[inverse] == np.arange(len(draws))
     cost = new * (1 + paired)
     spent_before = np.cumsum(cost) - cost
@@ -197,7 +220,7 @@ def take_draws(draws: np.ndarray, paired: np.ndarray, budget: int) -> tuple[np.n
     has = with_complement[order]
     masks[position[has] + 1] = ~draws[order[has]]
     counts[position[has] + 1] = counts_by_code[inverse[order[has]]]
-    return masks, counts
+    return masks, counts, int(cost.sum())
 
 
 def plan_bytes(n_coalitions: int, n_players: int, n_outputs: int = 1) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explainers.kernelshap.coalitions import coalition_codes
+from explainers.kernelshap.coalitions import coalition_codes, coalition_keys
 
 #: bytes of representatives and counts kept per engine by default (4094 Adult coalitions: ~3 MB)
 DEFAULT_DISTINCT_CACHE_BYTES = 64 * 2**20
@@ -25,16 +25,23 @@ _KEY_LIMIT = 2**62
 
 @dataclass(frozen=True)
 class RowSet:
-    """Representatives of ``S`` coalitions, coalition after coalition.
+    """Representatives of ``S`` coalitions, read from shared pools (not copied per request).
 
-    ``rows``: ``(R,)`` background row indices; ``counts``: ``(R,)`` how many background rows
-    each stands for (each coalition's counts sum to ``N``); ``starts``: ``(S + 1,)`` where each
-    coalition's representatives begin in ``rows`` (``starts[-1] == R``).
+    Coalition ``s`` has ``n_s = starts[s + 1] - starts[s]`` representatives: the background rows
+    ``pool_rows[begin[s]:begin[s] + n_s]``, each standing for ``pool_counts[...]`` background
+    rows (a coalition's counts sum to ``N``). ``begin``: ``(S,)``; ``starts``: ``(S + 1,)``, where
+    each coalition's synthetic rows begin when they are laid end to end (``starts[-1]`` in all).
     """
 
-    rows: np.ndarray
-    counts: np.ndarray
+    pool_rows: np.ndarray
+    pool_counts: np.ndarray
+    begin: np.ndarray
     starts: np.ndarray
+
+    @classmethod
+    def laid_out(cls, rows: np.ndarray, counts: np.ndarray, starts: np.ndarray) -> RowSet:
+        """A set whose pools hold its representatives end to end: ``rows``, ``counts`` ``(R,)``."""
+        return cls(rows, counts, starts[:-1], starts)
 
     def __len__(self) -> int:
         return len(self.starts) - 1
@@ -42,6 +49,19 @@ class RowSet:
     @property
     def n_rows(self) -> int:
         return int(self.starts[-1])
+
+    @property
+    def rows(self) -> np.ndarray:
+        """``(R,)``: the representatives, coalition after coalition."""
+        return self.pool_rows[self._pool_index()]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """``(R,)``: how many background rows each representative stands for, in that order."""
+        return self.pool_counts[self._pool_index()]
+
+    def _pool_index(self) -> np.ndarray:
+        return segment_indices(self.begin, np.diff(self.starts))
 
 
 def segment_indices(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -52,25 +72,32 @@ def segment_indices(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + np.repeat(np.asarray(starts, dtype=np.int64) - placed, sizes)
 
 
-def take(rowset: RowSet, coalitions: np.ndarray) -> RowSet:
-    """The representatives of ``rowset``'s coalitions ``coalitions`` ``(c,)``, in that order."""
-    sizes = np.diff(rowset.starts)[coalitions]
-    index = segment_indices(rowset.starts[coalitions], sizes)
-    starts = np.zeros(len(coalitions) + 1, dtype=np.int64)
+def _starts_of(sizes: np.ndarray) -> np.ndarray:
+    starts = np.zeros(len(sizes) + 1, dtype=np.int64)
     np.cumsum(sizes, out=starts[1:])
-    return RowSet(rowset.rows[index], rowset.counts[index], starts)
+    return starts
+
+
+def take(rowset: RowSet, coalitions: np.ndarray) -> RowSet:
+    """The representatives of ``rowset``'s coalitions ``coalitions`` ``(c,)``, in that order
+    (the pools are shared)."""
+    sizes = np.diff(rowset.starts)[coalitions]
+    return RowSet(rowset.pool_rows, rowset.pool_counts, rowset.begin[coalitions], _starts_of(sizes))
 
 
 #: up to this many players a coalition's entry is found in a table of ``2**M`` slots, else by dict
 _TABLE_MAX_PLAYERS = 16
+#: bytes one stored representative takes (its row and its count) and one stored coalition
+_BYTES_PER_ROW = 16
+_BYTES_PER_ENTRY = 16
 
 
 class DistinctRows:
     """The distinct synthetic rows of any coalition of a background's players.
 
     ``background``: ``(N, D)``; ``column_player``: ``(D,)``, the player of each column. The
-    classes of each coalition met are kept in flat arrays up to ``max_cache_bytes``; past it
-    they are computed again whenever they are needed.
+    classes of each coalition met are kept in arrays that grow by doubling up to
+    ``max_cache_bytes`` in all; past it they are computed again whenever they are needed.
     """
 
     def __init__(self, background: np.ndarray, column_player: np.ndarray, max_cache_bytes: int) -> None:
@@ -90,6 +117,7 @@ class DistinctRows:
     def _reset(self) -> None:
         self._rows = np.empty(0, dtype=np.int64)
         self._counts = np.empty(0, dtype=np.float64)
+        self._n_rows_stored = 0
         self._entry_start = np.empty(0, dtype=np.int64)
         self._entry_size = np.empty(0, dtype=np.int64)
         self._n_stored = 0
@@ -109,7 +137,8 @@ class DistinctRows:
 
     @property
     def cache_bytes(self) -> int:
-        return self._rows.nbytes + self._counts.nbytes
+        """Bytes the stored classes take, as allocated."""
+        return self._rows.nbytes + self._counts.nbytes + self._entry_start.nbytes + self._entry_size.nbytes
 
     def _entries(self, masks: np.ndarray) -> np.ndarray:
         """The stored entry of each coalition of ``masks`` ``(S, M)``, -1 where none is."""
@@ -118,52 +147,79 @@ class DistinctRows:
         get = self._by_code.get
         return np.fromiter((get(bytes(c), -1) for c in coalition_codes(masks)), dtype=np.int64, count=len(masks))
 
-    def _remember(self, masks: np.ndarray, classes: RowSet) -> None:
-        """Store ``classes`` of ``masks`` (distinct coalitions) while there is room."""
-        room = self.max_cache_bytes - self.cache_bytes
+    def _grow(self, n_rows: int, n_entries: int) -> None:
+        """Room for ``n_rows`` more representatives and ``n_entries`` more coalitions, doubling
+        within ``max_cache_bytes`` (the caller checked that what is stored then fits)."""
+        rows_needed, entries_needed = self._n_rows_stored + n_rows, self._n_stored + n_entries
+        if rows_needed <= len(self._rows) and entries_needed <= len(self._entry_start):
+            return
+        budget = self.max_cache_bytes
+        entries = max(entries_needed, min(2 * len(self._entry_start),
+                                          (budget - rows_needed * _BYTES_PER_ROW) // _BYTES_PER_ENTRY))
+        rows = max(rows_needed, min(2 * len(self._rows), (budget - entries * _BYTES_PER_ENTRY) // _BYTES_PER_ROW))
+        self._rows = _resized(self._rows, rows, self._n_rows_stored)
+        self._counts = _resized(self._counts, rows, self._n_rows_stored)
+        self._entry_start = _resized(self._entry_start, entries, self._n_stored)
+        self._entry_size = _resized(self._entry_size, entries, self._n_stored)
+
+    def _remember(self, masks: np.ndarray, classes: RowSet) -> np.ndarray:
+        """Store ``classes`` (laid out end to end) of ``masks`` (distinct coalitions) while there
+        is room; returns the entry of each, -1 where it was not stored."""
         sizes = np.diff(classes.starts)
-        fits = int(np.searchsorted(np.cumsum(sizes) * 16, room, side="right"))
+        cost = np.cumsum(sizes * _BYTES_PER_ROW + _BYTES_PER_ENTRY)
+        committed = self._n_rows_stored * _BYTES_PER_ROW + self._n_stored * _BYTES_PER_ENTRY
+        fits = int(np.searchsorted(cost, self.max_cache_bytes - committed, side="right"))
         entries = np.full(len(masks), -1, dtype=np.int64)
         if fits:
-            base = len(self._rows)
-            self._rows = np.concatenate([self._rows, classes.rows[: classes.starts[fits]]])
-            self._counts = np.concatenate([self._counts, classes.counts[: classes.starts[fits]]])
-            entries[:fits] = np.arange(self._n_stored, self._n_stored + fits)
-            self._entry_start = np.concatenate([self._entry_start, base + classes.starts[:fits]])
-            self._entry_size = np.concatenate([self._entry_size, sizes[:fits]])
+            n_rows = int(classes.starts[fits])
+            self._grow(n_rows, fits)
+            lo, first_entry = self._n_rows_stored, self._n_stored
+            self._rows[lo : lo + n_rows] = classes.pool_rows[:n_rows]
+            self._counts[lo : lo + n_rows] = classes.pool_counts[:n_rows]
+            entries[:fits] = np.arange(first_entry, first_entry + fits)
+            self._entry_start[first_entry : first_entry + fits] = lo + classes.starts[:fits]
+            self._entry_size[first_entry : first_entry + fits] = sizes[:fits]
             self._n_stored += fits
+            self._n_rows_stored += n_rows
             if self.n_players <= _TABLE_MAX_PLAYERS:
                 self._table[masks[:fits].astype(np.int64) @ self._weights] = entries[:fits]
             else:
                 for code, entry in zip(coalition_codes(masks[:fits]), entries[:fits].tolist()):
                     self._by_code[bytes(code)] = entry
+        return entries
 
     def of(self, masks: np.ndarray) -> RowSet:
         """The representatives of each coalition of ``masks`` ``(S, M)`` bool, in that order."""
         entries = self._entries(masks)
-        store_rows, store_counts = self._rows, self._counts
-        starts_src = np.zeros(len(masks), dtype=np.int64)
-        sizes = np.zeros(len(masks), dtype=np.int64)
         missing = np.flatnonzero(entries < 0)
-        if len(missing):
-            # each coalition once, even if ``masks`` repeats it
-            _, first, inverse = np.unique(coalition_codes(masks[missing]), return_index=True, return_inverse=True)
-            inverse = inverse.reshape(-1)
-            computed = self._classes(masks[missing[first]])
-            self._remember(masks[missing[first]], computed)
-            # what was not stored (the cache is full) is read from ``computed``, laid after the store
-            starts_src[missing] = len(store_rows) + computed.starts[:-1][inverse]
-            sizes[missing] = np.diff(computed.starts)[inverse]
-            store_rows = np.concatenate([store_rows, computed.rows])
-            store_counts = np.concatenate([store_counts, computed.counts])
-        found = entries >= 0
-        if found.any():
-            starts_src[found] = self._entry_start[entries[found]]
-            sizes[found] = self._entry_size[entries[found]]
-        index = segment_indices(starts_src, sizes)
-        starts = np.zeros(len(masks) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=starts[1:])
-        return RowSet(store_rows[index], store_counts[index], starts)
+        if not len(missing):
+            sizes = self._entry_size[entries]
+            return RowSet(self._rows, self._counts, self._entry_start[entries], _starts_of(sizes))
+        # each coalition once, even if ``masks`` repeats it
+        _, first, inverse = np.unique(coalition_keys(masks[missing]), return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        computed = self._classes(masks[missing[first]])
+        entries[missing] = self._remember(masks[missing[first]], computed)[inverse]
+        if (entries >= 0).all():
+            return self.of(masks)
+        # the store is full: lay this request's representatives out afresh, from both sources
+        computed_of = np.full(len(masks), -1, dtype=np.int64)
+        computed_of[missing] = inverse
+        stored = entries >= 0
+        sizes = np.where(stored, self._entry_size[np.maximum(entries, 0)],
+                         np.diff(computed.starts)[np.maximum(computed_of, 0)])
+        starts = _starts_of(sizes)
+        rows = np.empty(starts[-1], dtype=np.int64)
+        counts = np.empty(starts[-1], dtype=np.float64)
+        for pick, pool_rows, pool_counts, begin in (
+            (stored, self._rows, self._counts, self._entry_start[entries[stored]]),
+            (~stored, computed.pool_rows, computed.pool_counts, computed.starts[:-1][computed_of[~stored]]),
+        ):
+            into = segment_indices(starts[:-1][pick], sizes[pick])
+            read = segment_indices(begin, sizes[pick])
+            rows[into] = pool_rows[read]
+            counts[into] = pool_counts[read]
+        return RowSet.laid_out(rows, counts, starts)
 
     def _classes(self, masks: np.ndarray) -> RowSet:
         """For each coalition of ``masks`` ``(c, M)``: the first row of each class and its size."""
@@ -185,6 +241,11 @@ class DistinctRows:
         first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
         flat_first = np.flatnonzero(first.ravel())
         counts = np.diff(np.append(flat_first, c * n)).astype(np.float64)
-        starts = np.zeros(c + 1, dtype=np.int64)
-        np.cumsum(first.sum(axis=1), out=starts[1:])
-        return RowSet(order.ravel()[flat_first].astype(np.int64), counts, starts)
+        return RowSet.laid_out(order.ravel()[flat_first].astype(np.int64), counts, _starts_of(first.sum(axis=1)))
+
+
+def _resized(array: np.ndarray, length: int, keep: int) -> np.ndarray:
+    """``array`` with room for ``length`` items, its first ``keep`` kept."""
+    out = np.empty(length, dtype=array.dtype)
+    out[:keep] = array[:keep]
+    return out

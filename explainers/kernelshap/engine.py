@@ -635,18 +635,17 @@ class KernelShap:
             stop = int(np.searchsorted(starts, starts[first] + chunk_rows, side="right")) - 1
             stop = min(max(stop, first + 1), len(masks))
             lo = int(starts[first])
-            n_rows = build_distinct_rows(
-                self.background, x, self._column_player, masks, rows.rows, starts, first, stop, buffer
-            )
+            n_rows = build_distinct_rows(self.background, x, self._column_player, masks, rows, first, stop, buffer)
 
-            def where(row: int, first: int = first, lo: int = lo, n_rows: int = n_rows) -> str:
+            def where(row: int, first: int = first, stop: int = stop, lo: int = lo, n_rows: int = n_rows) -> str:
                 if row == n_rows:
                     return f"instance {index} itself"
-                s = first + int(np.searchsorted(starts, lo + row, side="right")) - 1
-                return f"instance {index} (coalition {s}, background row {int(rows.rows[lo + row])})"
+                s = first + int(np.searchsorted(starts[first:stop], lo + row, side="right")) - 1
+                background_row = int(rows.pool_rows[rows.begin[s] + lo + row - starts[s]])
+                return f"instance {index} (coalition {s}, background row {background_row})"
 
             out, fx = self._call_chunk(buffer[: n_rows + 1], x, fx, where)
-            weighted_means(np.ascontiguousarray(out), rows.counts, starts, first, stop, n_bg, values[first:stop])
+            weighted_means(out, rows, first, stop, n_bg, values[first:stop])
             first = stop
         if fx is None:
             fx = self._call_model(x[None, :], self._output, lambda _: f"instance {index} itself").reshape(-1)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from explainers.kernelshap.distinct_rows import RowSet
+
 _ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 _NONE = np.uint64(0)
 
@@ -24,7 +26,7 @@ _NONE = np.uint64(0)
 @numba.njit(cache=True, nogil=True)
 def _build_distinct_rows(
     background: np.ndarray, x: np.ndarray, column_player: np.ndarray, masks: np.ndarray,
-    representatives: np.ndarray, starts: np.ndarray, first: int, stop: int, out: np.ndarray,
+    pool_rows: np.ndarray, begin: np.ndarray, starts: np.ndarray, first: int, stop: int, out: np.ndarray,
 ) -> int:
     """:func:`build_distinct_rows` on checked arguments (numba does not check bounds)."""
     n_cols = background.shape[1]
@@ -39,9 +41,9 @@ def _build_distinct_rows(
         for j in range(n_cols):
             keep[j] = _NONE if masks[s, column_player[j]] else _ALL
             x_held[j] = x_bits[j] & ~keep[j]
-        for k in range(starts[s], starts[s + 1]):
-            row = representatives[k]
-            r = k - lo
+        for t in range(starts[s + 1] - starts[s]):
+            row = pool_rows[begin[s] + t]
+            r = starts[s] - lo + t
             for j in range(n_cols):
                 out_bits[r, j] = (background_bits[row, j] & keep[j]) | x_held[j]
     return starts[stop] - lo
@@ -49,18 +51,22 @@ def _build_distinct_rows(
 
 @numba.njit(cache=True, nogil=True)
 def _weighted_means(
-    outputs: np.ndarray, counts: np.ndarray, starts: np.ndarray, first: int, stop: int,
+    outputs: np.ndarray, pool_counts: np.ndarray, begin: np.ndarray, starts: np.ndarray, first: int, stop: int,
     n_background: int, values: np.ndarray,
 ) -> None:
     """:func:`weighted_means` on checked arguments."""
     lo = starts[first]
     n_out = outputs.shape[1]
+    totals = np.empty(n_out)
     for s in range(first, stop):
+        totals[:] = 0.0
+        for t in range(starts[s + 1] - starts[s]):  # row by row: each output's sum in row order
+            count = pool_counts[begin[s] + t]
+            r = starts[s] - lo + t
+            for o in range(n_out):
+                totals[o] += count * outputs[r, o]
         for o in range(n_out):
-            total = 0.0
-            for k in range(starts[s], starts[s + 1]):
-                total += counts[k] * outputs[k - lo, o]
-            values[s - first, o] = total / n_background
+            values[s - first, o] = totals[o] / n_background
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -71,46 +77,60 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 
 def build_distinct_rows(
-    background: np.ndarray, x: np.ndarray, column_player: np.ndarray, masks: np.ndarray,
-    representatives: np.ndarray, starts: np.ndarray, first: int, stop: int, out: np.ndarray,
+    background: np.ndarray, x: np.ndarray, column_player: np.ndarray, masks: np.ndarray, rows: RowSet,
+    first: int, stop: int, out: np.ndarray,
 ) -> int:
-    """Write the synthetic rows of coalitions ``first:stop`` into ``out``, row-major; returns
-    how many.
+    """Write the synthetic rows of coalitions ``first:stop`` of ``rows`` into ``out``, row-major,
+    coalition after coalition; returns how many.
 
     ``background``: ``(N, D)`` float64; ``x``: ``(D,)`` float64; ``column_player``: ``(D,)``;
-    ``masks``: ``(S, M)`` bool; ``representatives``: ``(R,)`` background rows, coalition ``s``'s
-    from ``starts[s]`` to ``starts[s + 1]``; ``out``: ``(>= starts[stop] - starts[first], D)``
-    float64, C-contiguous. Row ``r`` is ``x`` on the columns of the players its coalition holds
-    and its representative's background row elsewhere, bit for bit.
+    ``masks``: ``(S, M)`` bool, the coalitions of ``rows``; ``out``: ``(>= R', D)`` float64,
+    C-contiguous, for the ``R' = rows.starts[stop] - rows.starts[first]`` rows. A row is ``x``
+    on the columns of the players its coalition holds and its representative's background row
+    elsewhere, bit for bit.
     """
-    inputs = (background, x, column_player, masks, representatives, starts)
-    dtypes = (np.float64, np.float64, np.int64, np.bool_, np.int64, np.int64)
+    inputs = (background, x, column_player, masks, rows.pool_rows, rows.begin, rows.starts)
+    dtypes = (np.float64, np.float64, np.int64, np.bool_, np.int64, np.int64, np.int64)
     ready = [_read_only(np.ascontiguousarray(a, dtype=t)) for a, t in zip(inputs, dtypes)]
-    if not out.flags.c_contiguous or out.dtype != np.float64 or not out.flags.writeable:
-        raise ValueError("out must be a writable C-contiguous float64 array")
-    if out.shape[0] < ready[5][stop] - ready[5][first] or out.shape[1] != ready[0].shape[1]:
+    _check_span(rows, first, stop)
+    _check_writable("out", out)
+    if out.shape[0] < rows.starts[stop] - rows.starts[first] or out.shape[1] != background.shape[1]:
         raise ValueError(f"out {out.shape} cannot hold the rows of coalitions {first}:{stop}")
     return int(_build_distinct_rows(*ready, int(first), int(stop), out))
 
 
 def weighted_means(
-    outputs: np.ndarray, counts: np.ndarray, starts: np.ndarray, first: int, stop: int,
-    n_background: int, values: np.ndarray,
+    outputs: np.ndarray, rows: RowSet, first: int, stop: int, n_background: int, values: np.ndarray,
 ) -> None:
-    """``values[s - first] = sum_k counts[k] * outputs[k - lo] / n_background`` over coalition
-    ``s``'s rows ``k``, for ``s`` in ``first:stop`` (``lo = starts[first]``), summed in row order.
+    """``values[s - first] = sum_t count_t * outputs[rows.starts[s] - lo + t] / n_background``
+    over coalition ``s``'s representatives ``t``, for ``s`` in ``first:stop``
+    (``lo = rows.starts[first]``), summed in that order.
 
-    ``outputs``: ``(R', K)`` float64; ``counts``: ``(R,)`` float64; ``starts``: ``(S + 1,)``;
-    ``values``: ``(stop - first, K)`` float64, C-contiguous and writable.
+    ``outputs``: ``(>= R', K)`` float64, the model's output on the rows
+    :func:`build_distinct_rows` wrote; ``values``: ``(stop - first, K)`` float64, C-contiguous.
     """
-    inputs = (outputs, counts, starts)
-    dtypes = (np.float64, np.float64, np.int64)
+    inputs = (outputs, rows.pool_counts, rows.begin, rows.starts)
+    dtypes = (np.float64, np.float64, np.int64, np.int64)
     ready = [_read_only(np.ascontiguousarray(a, dtype=t)) for a, t in zip(inputs, dtypes)]
-    if not values.flags.c_contiguous or values.dtype != np.float64 or not values.flags.writeable:
-        raise ValueError("values must be a writable C-contiguous float64 array")
-    if values.shape != (stop - first, ready[0].shape[1]) or len(ready[0]) < ready[2][stop] - ready[2][first]:
-        raise ValueError(f"values {values.shape} or outputs {ready[0].shape} do not fit coalitions {first}:{stop}")
+    _check_span(rows, first, stop)
+    _check_writable("values", values)
+    if values.shape != (stop - first, outputs.shape[1]) or len(outputs) < rows.starts[stop] - rows.starts[first]:
+        raise ValueError(f"values {values.shape} or outputs {outputs.shape} do not fit coalitions {first}:{stop}")
     _weighted_means(*ready, int(first), int(stop), int(n_background), values)
+
+
+def _check_span(rows: RowSet, first: int, stop: int) -> None:
+    """The compiled loops do not check bounds: coalitions ``first:stop`` must read inside the pools."""
+    if not 0 <= first < stop <= len(rows):
+        raise ValueError(f"coalitions {first}:{stop} are not within the {len(rows)} of the row set")
+    ends = rows.begin[first:stop] + np.diff(rows.starts[first : stop + 1])
+    if rows.begin[first:stop].min() < 0 or ends.max() > min(len(rows.pool_rows), len(rows.pool_counts)):
+        raise ValueError(f"the row set's coalitions {first}:{stop} reach outside its pools")
+
+
+def _check_writable(name: str, array: np.ndarray) -> None:
+    if not array.flags.c_contiguous or array.dtype != np.float64 or not array.flags.writeable:
+        raise ValueError(f"{name} must be a writable C-contiguous float64 array")
 
 
 def compiled_versions() -> dict[str, int]:
@@ -122,9 +142,8 @@ def compiled_versions() -> dict[str, int]:
 def compile_kernels() -> None:
     """Compile (or load from numba's cache) both functions for the engine's argument types."""
     background = np.zeros((1, 1))
-    masks = np.zeros((1, 1), dtype=np.bool_)
-    representatives = np.zeros(1, dtype=np.int64)
-    starts = np.array([0, 1], dtype=np.int64)
+    rows = RowSet.laid_out(np.zeros(1, dtype=np.int64), np.ones(1), np.array([0, 1], dtype=np.int64))
     out = np.empty((1, 1))
-    build_distinct_rows(background, background[0], np.zeros(1, dtype=np.intp), masks, representatives, starts, 0, 1, out)
-    weighted_means(out, np.ones(1), starts, 0, 1, 1, np.empty((1, 1)))
+    build_distinct_rows(background, background[0], np.zeros(1, dtype=np.int64), np.zeros((1, 1), dtype=np.bool_),
+                        rows, 0, 1, out)
+    weighted_means(out, rows, 0, 1, 1, np.empty((1, 1)))
