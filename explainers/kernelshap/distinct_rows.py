@@ -195,9 +195,13 @@ class DistinctRows:
         if not len(missing):
             sizes = self._entry_size[entries]
             return RowSet(self._rows, self._counts, self._entry_start[entries], _starts_of(sizes))
-        # each coalition once, even if ``masks`` repeats it
+        # each coalition once, even if ``masks`` repeats it, and in the order ``masks`` has them:
+        # stored in a plan's own order, its representatives are read from the pools in sequence
         _, first, inverse = np.unique(coalition_keys(masks[missing]), return_index=True, return_inverse=True)
-        inverse = inverse.reshape(-1)
+        by_occurrence = np.argsort(first)
+        rank = np.empty_like(by_occurrence)
+        rank[by_occurrence] = np.arange(len(first))
+        first, inverse = first[by_occurrence], rank[inverse.reshape(-1)]
         computed = self._classes(masks[missing[first]])
         entries[missing] = self._remember(masks[missing[first]], computed)[inverse]
         if (entries >= 0).all():

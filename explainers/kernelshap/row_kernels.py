@@ -41,9 +41,11 @@ def _build_distinct_rows(
         for j in range(n_cols):
             keep[j] = _NONE if masks[s, column_player[j]] else _ALL
             x_held[j] = x_bits[j] & ~keep[j]
-        for t in range(starts[s + 1] - starts[s]):
-            row = pool_rows[begin[s] + t]
-            r = starts[s] - lo + t
+        # locals, so that the compiler need not read them again after every store
+        read, written, n_rows = begin[s], starts[s] - lo, starts[s + 1] - starts[s]
+        for t in range(n_rows):
+            row = pool_rows[read + t]
+            r = written + t
             for j in range(n_cols):
                 out_bits[r, j] = (background_bits[row, j] & keep[j]) | x_held[j]
     return starts[stop] - lo
@@ -57,16 +59,13 @@ def _weighted_means(
     """:func:`weighted_means` on checked arguments."""
     lo = starts[first]
     n_out = outputs.shape[1]
-    totals = np.empty(n_out)
     for s in range(first, stop):
-        totals[:] = 0.0
-        for t in range(starts[s + 1] - starts[s]):  # row by row: each output's sum in row order
-            count = pool_counts[begin[s] + t]
-            r = starts[s] - lo + t
-            for o in range(n_out):
-                totals[o] += count * outputs[r, o]
+        read, written, n_rows = begin[s], starts[s] - lo, starts[s + 1] - starts[s]
         for o in range(n_out):
-            values[s - first, o] = totals[o] / n_background
+            total = 0.0
+            for t in range(n_rows):  # in row order
+                total += pool_counts[read + t] * outputs[written + t, o]
+            values[s - first, o] = total / n_background
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
