@@ -1,4 +1,5 @@
-"""Shared fixtures of the test suite (fixtures only; helpers live in the test modules)."""
+"""Shared fixtures of the test suite (fixtures only; helpers live in the test modules), and the
+gRPC setting of every process the suite starts (:data:`GRPC_FORK_SUPPORT`)."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,15 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_ADULT_DIR = REPO_ROOT.parent / "shared" / "data" / "adult"
+
+#: gRPC's fork handlers off in this process and every process it starts (Ray heads, Ray Client
+#: servers, inner pytest sessions): in a process whose gRPC threads are busy they crash the
+#: forked child ("Check failed: next_worker->state == KICKED") about once in ten forks. The Ray
+#: Client server forks one server per connection, so ``ray.init("ray://...")`` failed after
+#: ~40 s about once in ten (then was retried: a test took 40 s more). Ray's processes fork only
+#: to exec, which needs no fork handlers. Set before anything imports gRPC.
+GRPC_FORK_SUPPORT = ("GRPC_ENABLE_FORK_SUPPORT", "false")
+os.environ.setdefault(*GRPC_FORK_SUPPORT)
 
 
 @pytest.fixture(scope="session")
