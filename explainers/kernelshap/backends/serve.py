@@ -62,6 +62,14 @@ GRPC_MAX_PAYLOAD_BYTES = 1 << 20
 #: explanation thread shares the GIL with one loop instead of two: in ``ray`` mode at 2 workers
 #: the replicas used 4-18% less CPU for the same call (ARCHITECTURE.md).
 REPLICA_ENV_VARS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+#: seconds between a stopping replica's checks for requests still running (Serve's default: 2,
+#: and it sleeps that long before the first check, so deleting an idle application took 2 s)
+SHUTDOWN_WAIT_LOOP_S = 0.1
+#: seconds a stopping replica may take before Serve kills it (Serve's default: 20). The
+#: application is deleted only once its caller no longer waits on any request, and a replica
+#: that never got CPUs (a :class:`PlacementError`) cannot answer the stop at all: it waited
+#: the whole timeout
+SHUTDOWN_TIMEOUT_S = 2.0
 
 
 def request_options(rows_per_request: int, x_bytes_per_row: int, value_bytes_per_row: int) -> dict:
@@ -144,6 +152,8 @@ def _deploy(engine_ref: Any, config: BackendConfig) -> Any:
         ray_actor_options={"num_cpus": config.num_cpus, "runtime_env": {"env_vars": REPLICA_ENV_VARS}},
         logging_config=LoggingConfig(enable_access_log=False),
         health_check_period_s=2,
+        graceful_shutdown_wait_loop_s=SHUTDOWN_WAIT_LOOP_S,
+        graceful_shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
         request_router_config=RequestRouterConfig(request_router_class=ROUTER_PATH),
     )
     app = dep.bind([engine_ref], config.num_cpus, config.batch_size)
