@@ -1,7 +1,9 @@
 """Faults of a ``ray://`` session against a real ``ray start --head`` (token auth on).
 
 * The head dies in the middle of a call: the call ends in a ``ConnectionError`` naming the
-  address (``explainers.cluster.session.ClusterConnectionError``), within a bound; the teardown that
+  address (``explainers.cluster.session.ClusterConnectionError``) once Ray Client gives up
+  reconnecting (after ``RAY_CLIENT_RECONNECT_GRACE_PERIOD``: :data:`RECONNECT_GRACE_S` here,
+  Ray's default is 30 s), within a bound; the teardown that
   follows (``ray.kill`` of an actor, as the plugin's in-cluster driver does it, then
   ``ClusterSession.close()``) starts no local Ray and raises nothing unrelated.
 * A token-protected head without a token, with a wrong token, and a port where nothing
@@ -31,6 +33,10 @@ from ray_heads import RayHead, free_port  # noqa: E402
 LOCAL_RAY_NAMES = ("raylet", "gcs_server")
 LOCAL_RAY_CMDLINE = ("dashboard/agent.py", "runtime_env/agent/main.py", "dashboard/dashboard.py",
                      "log_monitor.py", "monitor.py")
+#: seconds Ray Client tries to reconnect to a lost head before its calls fail (Ray's default: 30)
+RECONNECT_GRACE_S = 5
+#: seconds the call in progress may take to fail once the head is gone, grace period included
+LOST_HEAD_BOUND_S = RECONNECT_GRACE_S + 25
 
 
 def _refresh_ray_auth() -> None:
@@ -83,6 +89,7 @@ def test_head_death_mid_call_names_the_address_and_starts_no_local_ray(client_en
         # the user's shell exported the token (as the message of a token-protected head says)
         client_env.setenv("RAY_AUTH_MODE", "token")
         client_env.setenv("RAY_AUTH_TOKEN", token)
+        client_env.setenv("RAY_CLIENT_RECONNECT_GRACE_PERIOD", str(RECONNECT_GRACE_S))
         _refresh_ray_auth()
         before = _local_ray(head.temp_dir)
         session = cluster.connect(head.address)
@@ -138,7 +145,7 @@ def test_head_death_mid_call_names_the_address_and_starts_no_local_ray(client_en
         assert isinstance(error, cluster.ClusterConnectionError), repr(error)
         assert isinstance(error, ConnectionError)
         assert head.address in str(error), str(error)
-        assert error_seconds < 60, f"the head's death took {error_seconds:.0f} s to surface"
+        assert error_seconds < LOST_HEAD_BOUND_S, f"the head's death took {error_seconds:.0f} s to surface"
         assert teardown_seconds < 15, f"the teardown took {teardown_seconds:.0f} s"
         assert not ray.is_initialized()
         assert not ray.util.client.ray.is_connected()
