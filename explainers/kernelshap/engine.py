@@ -587,7 +587,14 @@ class KernelShap:
         buffers: dict[int, _Buffers] = {}
 
         def time_chunk(strategy: str, size: int) -> float:
-            stop = max(1, min(len(masks), size // len(self.background)))
+            # as many coalitions as one call of ``explain`` holds: up to ``size`` model rows,
+            # distinct rows for the distinct strategy (a call of ``size`` naive rows would hold
+            # fewer model rows, and fit in caches the real call does not)
+            if strategy == "distinct":
+                stop = int(np.searchsorted(rows.starts, size, side="right")) - 1
+            else:
+                stop = size // len(self.background)
+            stop = max(1, min(len(masks), stop))
             part = take(rows, np.arange(stop))
             if size not in buffers:  # made once per size, not once per timing
                 buffers[size] = self._new_buffer(size, tuple(strategies))
