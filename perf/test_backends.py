@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from explainers.bench.bare_processes import BareProcesses
-from explainers.bench.factory import REUSE_TOLERANCE, assert_same_values, close_explainer
+from explainers.bench.factory import REUSE_TOLERANCE, FreshEachRound, assert_same_values
 from explainers.bench.grid import PROCESSES, SERIAL
 from explainers.bench.machine_cpu import CpuPerRound, machine_cpu_summary
 from explainers.bench.pairing import SerialRounds
@@ -78,15 +78,18 @@ def test_backend(benchmark, request, backend_config, kernelshap_ray, workload, e
     serial = SerialRounds(serial_engine, instances)
 
     def time_paired_with_serial(explain, ceiling: BareProcesses | None = None, *, account_cpu: bool,
-                                worker_pids: tuple[int, ...] = ()) -> None:
+                                worker_pids: tuple[int, ...] = (), before_round=None) -> None:
         """Time ``explain()``, a serial round (then a ``ceiling`` round, if given) before each of
         its rounds; every round's values must equal serial's before its time is kept.
         ``account_cpu`` (the workers are on this machine): also account the machine's CPU per
-        call by role, with ``worker_pids`` counted as workers besides our actors."""
+        call by role, with ``worker_pids`` counted as workers besides our actors.
+        ``before_round()``, if given, runs first in each round's untimed setup."""
         cpu_seconds: list[float] = []
         ceiling_seconds: list[float] = []
 
         def setup() -> None:
+            if before_round is not None:
+                before_round()
             serial()
             if ceiling is not None:
                 t0 = time.perf_counter()
@@ -123,16 +126,19 @@ def test_backend(benchmark, request, backend_config, kernelshap_ray, workload, e
     else:
         cluster = request.getfixturevalue("ray_cluster")
         kernelshap_ray.require_placeable(config)
-        explainer = explainer_factory(config)
+        # with reuse, new workers before every round after the first: no round reuses the values
+        # an earlier round of the same instances left in the workers' caches
+        explainer = FreshEachRound(lambda: explainer_factory(config), config.reuse)
         try:
             t0 = time.perf_counter()
             explainer.start()  # the pool actors / Serve replicas / Ray Data pipeline, before the clock
             fields["startup_seconds"] = time.perf_counter() - t0
             # the plain processes run here: on a remote cluster they are no ceiling for its workers
             ceiling = None if cluster.is_remote else plain_processes(config.workers, config.batch_size)
-            time_paired_with_serial(lambda: explainer.explain(instances), ceiling, account_cpu=not cluster.is_remote)
+            time_paired_with_serial(lambda: explainer.explain(instances), ceiling, account_cpu=not cluster.is_remote,
+                                    before_round=explainer.before_round)
         finally:
-            close_explainer(explainer)
+            explainer.close()
 
     stats = benchmark.stats.stats
     record = BenchmarkRecord(

@@ -6,7 +6,7 @@ Options: ``--workload``, ``--backends`` and ``--serve-modes`` (one benchmark per
 ``--placement-timeout``. Fixed: exact mode (all ``2**M - 2`` coalitions; skipped above
 ``EXACT_MAX_PLAYERS`` players), and each backend runs twice, with the default engine and with
 ``reuse_coalitions=True`` (each worker reuses the coalition values of the instances it has
-explained).
+explained; every timed round starts with new workers, so with empty caches).
 
 The reference study sampled 2072 of the 4094 coalitions of Adult and needed 1737 s serially,
 115-125 s on one 32-vCPU machine and 57.3 s on a two-machine Kubernetes cluster (the record
@@ -23,7 +23,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from explainers.bench.factory import REUSE_TOLERANCE, assert_same_values, close_explainer
+from explainers.bench.factory import REUSE_TOLERANCE, FreshEachRound, assert_same_values
 from explainers.bench.grid import EXACT_MAX_PLAYERS, SERIAL, exact_nsamples
 from explainers.bench.records import BenchmarkRecord
 
@@ -64,7 +64,8 @@ def test_exact_all_instances(benchmark, request, mission_config, reuse, kernelsh
     if nsamples is None:
         pytest.skip(f"exact mode: more than {EXACT_MAX_PLAYERS} players")
     serial = explainer_factory(SERIAL, engine={"nsamples": nsamples})
-    explainer = explainer_factory(config, engine={"nsamples": nsamples, "reuse_coalitions": reuse})
+    explainer = FreshEachRound(lambda: explainer_factory(config, engine={"nsamples": nsamples,
+                                                                         "reuse_coalitions": reuse}), reuse)
     try:
         explainer.start()
 
@@ -72,9 +73,10 @@ def test_exact_all_instances(benchmark, request, mission_config, reuse, kernelsh
             with kernelshap_ray.progress_visible():
                 return explainer.explain(X)
 
-        values = benchmark.pedantic(explain, rounds=kernelshap_ray.options.nruns, iterations=1)
+        values = benchmark.pedantic(explain, setup=explainer.before_round, rounds=kernelshap_ray.options.nruns,
+                                    iterations=1)
     finally:
-        close_explainer(explainer)
+        explainer.close()
 
     for i in range(0, len(X), SPOT_CHECK_EVERY):
         expected = serial.engine.explain(X[i], offset=i)

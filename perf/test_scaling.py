@@ -9,7 +9,9 @@ gates ``--min-efficiency`` / ``--max-overhead-share``. Fixed: one CPU per worker
 Each benchmark explains the first ``--n-instances`` instances ``--nruns`` times and checks every
 round against the serial reference values bit for bit (``np.array_equal``; within
 ``REUSE_TOLERANCE`` for a ``-reuse`` configuration of ``--reuse-coalitions on|both``) inside the
-timed function, so no time is recorded for a wrong answer.
+timed function, so no time is recorded for a wrong answer. A ``-reuse`` configuration gets new
+workers before every round after the first (untimed), so that no round reuses the coalition
+values an earlier round of the same instances left in the workers' caches.
 
 Speedups are paired in time: before each round of a distributed benchmark, the serial
 engine explains the same instances in this process (one CPU) while the workers wait, and
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import time
 
-from explainers.bench.factory import REUSE_TOLERANCE, InClusterExplainer, assert_same_values, close_explainer
+from explainers.bench.factory import REUSE_TOLERANCE, FreshEachRound, InClusterExplainer, assert_same_values
 from explainers.bench.machine_cpu import CpuPerRound, machine_cpu_summary
 from explainers.bench.nodes import ActorNodeTracker
 from explainers.bench.pairing import paired_efficiency
@@ -39,24 +41,27 @@ def test_scaling(
     explainer_factory, serial_rounds,
 ):
     config = scaling_config
+    explainer = FreshEachRound(lambda: explainer_factory(config), config.reuse)
+
+    def before_round() -> None:
+        explainer.before_round()  # with reuse: new workers, empty caches
+        serial_rounds()
+
     machine_cpu = None
     if config.distributed:
         cluster = request.getfixturevalue("ray_cluster")  # only distributed configurations start Ray
         kernelshap_ray.require_placeable(config)
         if not cluster.is_remote:  # the workers are on this machine
-            machine_cpu = CpuPerRound(serial_rounds)
+            machine_cpu = CpuPerRound(before_round)
     benchmark.group = config.group
     X = explain_instances
 
-    explainer = explainer_factory(config)
     try:
         tracker = ActorNodeTracker().start() if config.distributed else None
         # workers (actors, Serve replicas, Ray Data's pipeline) come up before the clock starts,
         # as in the study
-        start = getattr(explainer, "start", None)
         t0 = time.perf_counter()
-        if callable(start):
-            start()
+        explainer.start()
         startup_seconds = time.perf_counter() - t0
 
         def explain_and_check():
@@ -65,12 +70,12 @@ def test_scaling(
             assert_same_values(values, serial_reference, config.id, tol=REUSE_TOLERANCE if config.reuse else 0)
             return values
 
-        benchmark.pedantic(explain_and_check, setup=(machine_cpu or serial_rounds) if config.distributed else None,
+        benchmark.pedantic(explain_and_check, setup=(machine_cpu or before_round) if config.distributed else None,
                            rounds=kernelshap_ray.options.nruns, warmup_rounds=0, iterations=1)
         machine_rounds = machine_cpu.finish() if machine_cpu is not None else []
-        nodes_used = tracker.nodes_used(explainer) if tracker is not None else None
+        nodes_used = tracker.nodes_used(explainer.current) if tracker is not None else None
     finally:
-        close_explainer(explainer)
+        explainer.close()
 
     if benchmark.stats is None:  # --benchmark-disable: the values were checked once, nothing timed
         return
@@ -88,7 +93,7 @@ def test_scaling(
         startup_seconds=startup_seconds if config.distributed else None,
         paired_efficiency=(paired_efficiency(serial_rounds.seconds, stats.data, config.workers)
                            if config.distributed else None),
-        in_cluster_seconds=explainer.seconds if isinstance(explainer, InClusterExplainer) else None,
+        in_cluster_seconds=explainer.current.seconds if isinstance(explainer.current, InClusterExplainer) else None,
         **machine_cpu_summary(machine_rounds),
     )
     benchmark.extra_info.update(record.to_extra_info())

@@ -193,6 +193,43 @@ def test_backend_equals_serial(config, workload, engine_kwargs, X, serial, no_le
     assert np.allclose(explainer.expected_value, KernelShap(workload.predict_proba, **engine_kwargs).expected_value)
 
 
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "default"])
+def test_benchmark_rounds_with_reuse_get_new_workers_with_empty_caches(reuse, workload, engine_kwargs, X, serial,
+                                                                        no_leftovers):
+    """perf/'s rounds with reuse_coalitions: the workers' caches outlive a call, so every timed round
+    after the first gets new workers (FreshEachRound.before_round, the benchmark's setup)."""
+    from explainers.bench.factory import FreshEachRound
+
+    def build():
+        return DistributedKernelShap(workload.predict_proba, **engine_kwargs, backend="pool", workers=1,
+                                     batch_size=10, reuse_coalitions=reuse, progress=False)
+
+    explainer = FreshEachRound(build, reuse)
+    try:
+        explainer.start()
+        first = explainer.current
+        explainer.before_round()  # before the first round: nothing explained yet, nothing renewed
+        assert explainer.current is first
+        def pool_workers() -> set[str]:
+            return {a["ActorID"] for a in alive_actors() if "KernelShap" in a["ActorClassName"]}
+
+        workers_before = pool_workers()
+        assert workers_before
+        assert np.abs(explainer.explain(X[:12]) - serial[:12]).max() <= (1e-12 if reuse else 0)
+        explainer.before_round()
+        if reuse:
+            assert explainer.current is not first
+            # killed actors take a moment to be marked DEAD
+            assert wait_until(lambda: not workers_before & pool_workers(), timeout=15), \
+                "the first round's workers (and their caches) are still alive"
+            assert pool_workers(), "the new round has no workers"
+        else:
+            assert explainer.current is first
+        assert np.abs(explainer.explain(X[:12]) - serial[:12]).max() <= (1e-12 if reuse else 0)
+    finally:
+        explainer.close()
+
+
 def test_serve_requests_go_over_grpc_unless_too_large():
     from explainers.kernelshap.backends.serve import GRPC_MAX_PAYLOAD_BYTES, GRPC_OPTIONS, request_options
 
