@@ -262,10 +262,11 @@ class KernelShap:
         size used and ``chunk_choice_`` how it was chosen. An int is used as given.
     row_strategy:
         ``"distinct"``: the model sees each distinct synthetic row of a coalition once, weighted
-        by the background rows it stands for (:mod:`explainers.kernelshap.distinct_rows`); ``"dense"``:
-        every row (cheaper where one model row costs less than gathering one, as for a
-        logistic regression); ``"auto"`` (default): whichever is faster here, measured with
-        ``chunk_rows`` (``row_strategy_`` is the one used).
+        by the background rows it stands for (:mod:`explainers.kernelshap.distinct_rows`, written
+        by :mod:`explainers.kernelshap.row_kernels`); ``"dense"``: every row (cheaper where
+        nearly every synthetic row is distinct, as with continuous features); ``"auto"``
+        (default): whichever is faster here, measured with ``chunk_rows`` (``row_strategy_`` is
+        the one used; on the Adult workload, distinct).
     model_threads:
         BLAS/OpenMP threads of the engine's own model calls and solves (default 1), whatever
         the calling process has; ``None`` leaves the caller's. With a fixed count the values
