@@ -489,6 +489,8 @@ def plot_history(history: MachineHistory, steps: Sequence[Step]) -> Figure | Non
     for ax, suite in zip(axes, suites):
         families = history.families(suite)
         values = []
+        # the steps of one run, one label for all of them: per-family labels at one x overlap
+        steps_at: dict[int, list[tuple[float, str]]] = {}
         for fi, family in enumerate(families):
             color = _FAMILY_COLORS[fi % len(_FAMILY_COLORS)]
             series = history.series(family)
@@ -504,10 +506,14 @@ def plot_history(history: MachineHistory, steps: Sequence[Step]) -> Figure | Non
                 x = index[point.run.run]
                 ax.plot([x], [point.ms_per_instance], marker="o", markersize=13, markerfacecolor="none",
                         markeredgecolor="red", markeredgewidth=1.8, linestyle="none")
-                ax.annotate(f"{step.label}\n({family.removeprefix(f'{suite} ')})", (x, point.ms_per_instance),
-                            xytext=(9, -4), textcoords="offset points", color="red", fontsize=8,
-                            fontweight="bold", va="top",
-                            bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8))
+                steps_at.setdefault(x, []).append((point.ms_per_instance,
+                                                   f"{step.label} ({family.removeprefix(f'{suite} ')})"))
+        for x, marked in steps_at.items():
+            marked.sort(reverse=True)  # top to bottom, as the rings
+            ax.annotate("\n".join(text for _, text in marked), (x, marked[0][0]),
+                        xytext=(9, -4), textcoords="offset points", color="red", fontsize=8,
+                        fontweight="bold", va="top",
+                        bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8))
         _mark_work_changes(ax, history, suite, index)
         lo, hi = min(values), max(values)
         ax.set_yscale("log")
