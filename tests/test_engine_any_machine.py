@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from explainers import DistributedKernelShap, KernelShap
 from explainers.kernelshap.chunking import CALIBRATION_BUDGET_S, CHUNK_ROW_CANDIDATES, ROW_STRATEGIES
+from explainers.kernelshap.coalitions import full_plan
 from explainers.kernelshap.distinct_rows import DistinctRows
 from explainers.kernelshap.distributed import CpuKernelWarning
 from explainers.kernelshap.threads import cpu_kernel
@@ -132,6 +133,37 @@ def test_distinct_rows_cache_is_bounded_and_still_right_when_full():
         assert small.cache_bytes <= 500
         for field in ("rows", "counts", "starts"):
             assert np.array_equal(getattr(bounded, field), getattr(unbounded, field))
+
+
+def test_distinct_rows_are_stored_in_the_order_the_coalitions_come():
+    """So that the compiled loops read a plan's representatives from the pools in sequence."""
+    rng = np.random.default_rng(2)
+    background = rng.integers(0, 3, size=(40, 5)).astype(float)
+    column_player = np.array([0, 0, 1, 2, 3])
+    masks = full_plan(4).masks[::-1]  # not the order of their keys
+    rows = DistinctRows(background, column_player, max_cache_bytes=2**20).of(masks)
+    assert np.array_equal(rows.begin, rows.starts[:-1])
+
+
+def test_the_calibration_times_distinct_chunks_as_full_as_explain_fills_them(adult_workload):
+    """A distinct chunk of ``chunk_rows`` holds up to that many model rows, not naive rows."""
+    timed: list[tuple[str, int, int]] = []
+
+    class Recording(KernelShap):
+        def _coalition_values(self, x, index, masks, rows, buffers, chunk_rows, strategy):
+            timed.append((strategy, chunk_rows, rows.n_rows))
+            return super()._coalition_values(x, index, masks, rows, buffers, chunk_rows, strategy)
+
+    w = adult_workload
+
+    def predict(rows):  # a model of its own: no calibration made before in this process applies
+        return w.model.predict_proba(rows)
+
+    Recording(predict, w.background, groups=w.groups, link="logit", nsamples=4094, row_strategy="distinct")
+    sizes = {(size, n_rows) for strategy, size, n_rows in timed if strategy == "distinct"}
+    assert sizes
+    for size, n_rows in sizes:
+        assert size - len(w.background) < n_rows <= size, (size, n_rows)
 
 
 def test_adult_distinct_rows_fraction(adult_workload):

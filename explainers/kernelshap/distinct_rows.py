@@ -123,7 +123,6 @@ class DistinctRows:
         self._n_stored = 0
         if self.n_players <= _TABLE_MAX_PLAYERS:
             self._table = np.full(2**self.n_players, -1, dtype=np.int64)
-            self._weights = 1 << np.arange(self.n_players, dtype=np.int64)
         else:
             self._by_code: dict[bytes, int] = {}
 
@@ -143,7 +142,7 @@ class DistinctRows:
     def _entries(self, masks: np.ndarray) -> np.ndarray:
         """The stored entry of each coalition of ``masks`` ``(S, M)``, -1 where none is."""
         if self.n_players <= _TABLE_MAX_PLAYERS:
-            return self._table[masks.astype(np.int64) @ self._weights]
+            return self._table[coalition_keys(masks)]
         get = self._by_code.get
         return np.fromiter((get(bytes(c), -1) for c in coalition_codes(masks)), dtype=np.int64, count=len(masks))
 
@@ -182,7 +181,7 @@ class DistinctRows:
             self._n_stored += fits
             self._n_rows_stored += n_rows
             if self.n_players <= _TABLE_MAX_PLAYERS:
-                self._table[masks[:fits].astype(np.int64) @ self._weights] = entries[:fits]
+                self._table[coalition_keys(masks[:fits])] = entries[:fits]
             else:
                 for code, entry in zip(coalition_codes(masks[:fits]), entries[:fits].tolist()):
                     self._by_code[bytes(code)] = entry
