@@ -5,14 +5,15 @@ Options: ``--workload``, ``--n-instances``, ``--nsamples`` (the sampled mode's b
 and ``--batch-sizes`` do not apply); two modes, ``sampled`` (``--nsamples``) and ``exact`` (all
 ``2**M - 2`` coalitions; skipped above ``EXACT_MAX_PLAYERS`` players).
 
-Per mode five benchmarks run on the same instances, in this order: two floors (the model
-alone, called on as many synthetic rows as the instances need: all of them, ``floor``, and only
-each coalition's distinct rows, ``floor-distinct``), ``shap.KernelExplainer(l1_reg=False)``, the
-engine, and the engine with ``reuse_coalitions=True``. The engine's record holds its ratios to
-the others, each paired in time: right before every timed round, one round of the other work
-runs (the benchmark's ``setup``, untimed), and the ratio is the median over rounds of the two
-(a slow minute slows both). shap's rounds are paired with rounds of the engine, the engine's
-with rounds of both floors, and the reusing engine's also with rounds of the default engine.
+Per mode six benchmarks run on the same instances, in this order: three floors (the model
+alone, called on as many synthetic rows as the instances need: all of them, ``floor``; only each
+coalition's distinct rows, ``floor-distinct``; only each instance's distinct rows, which its
+coalitions share, ``floor-shared``), ``shap.KernelExplainer(l1_reg=False)``, the engine, and the
+engine with ``reuse_coalitions=True``. The engine's record holds its ratios to the others, each
+paired in time: right before every timed round, one round of the other work runs (the
+benchmark's ``setup``, untimed), and the ratio is the median over rounds of the two (a slow
+minute slows both). shap's rounds are paired with rounds of the engine, the engine's with rounds
+of the three floors, and the reusing engine's also with rounds of the default engine.
 The record also holds the chunk size and row strategy the engine chose on this CPU, the model
 rows it evaluated against naive (coalitions x background rows), and the peak memory of its
 ``explain`` (tracemalloc, which sees NumPy's allocations).
@@ -82,6 +83,23 @@ def _distinct_synthetic_rows(workload, x: np.ndarray, engine: KernelShap, index:
     return np.where(column_masks, x, workload.background[rows.rows])
 
 
+def _shared_synthetic_rows(workload, x: np.ndarray, engine: KernelShap, index: int) -> np.ndarray:
+    """Each distinct synthetic row of one instance only (its coalitions share them), C-ordered:
+    per background row, the distinct ``x`` / background choices on the players where they differ."""
+    column_player = _column_player(engine, x.shape[0])
+    masks = _plan_masks(engine, index)
+    blocks = []
+    for b in workload.background:
+        differs = np.zeros(engine.n_groups, dtype=bool)
+        np.logical_or.at(differs, column_player, b.view(np.int64) != x.view(np.int64))
+        choices = np.unique(masks & differs, axis=0)
+        blocks.append(np.where(choices[:, column_player], x, b))
+    return np.concatenate(blocks)
+
+
+_FLOOR_ROWS = {"all": _synthetic_rows, "distinct": _distinct_synthetic_rows, "shared": _shared_synthetic_rows}
+
+
 def _record(workload, instances, engine: KernelShap, mode: str, role: str, **fields) -> dict:
     return BenchmarkRecord(suite="engine", workload=workload.name, mode=mode, engine_role=role,
                            n_instances=len(instances), nsamples=engine.nsamples_, exact=engine.exact,
@@ -89,9 +107,9 @@ def _record(workload, instances, engine: KernelShap, mode: str, role: str, **fie
 
 
 def _floor(workload, instances, engine: KernelShap, rows: str) -> tuple[Callable[[], None], int]:
-    """The model alone on the synthetic rows of ``instances`` (``rows``: all or distinct), as
+    """The model alone on the synthetic rows of ``instances`` (``rows``: all, distinct or shared), as
     the engine's own calls run it, and the rows it sees per instance."""
-    build = _synthetic_rows if rows == "all" else _distinct_synthetic_rows
+    build = _FLOOR_ROWS[rows]
     blocks = [build(workload, instances[i], engine, i) for i in range(min(FLOOR_DISTINCT, len(instances)))]
     predict = workload.predict
 
@@ -103,7 +121,7 @@ def _floor(workload, instances, engine: KernelShap, rows: str) -> tuple[Callable
     return model_only, len(blocks[0])
 
 
-@pytest.mark.parametrize("rows", ["all", "distinct"])
+@pytest.mark.parametrize("rows", list(_FLOOR_ROWS))
 @pytest.mark.parametrize("mode", MODES)
 def test_floor(benchmark, kernelshap_ray, workload, explainer_factory, explain_instances, mode, rows):
     instances = explain_instances
@@ -111,7 +129,7 @@ def test_floor(benchmark, kernelshap_ray, workload, explainer_factory, explain_i
     model_only, rows_per_instance = _floor(workload, instances, engine, rows)
     benchmark.group = f"engine-{mode}"
     benchmark.pedantic(model_only, rounds=kernelshap_ray.options.nruns, warmup_rounds=0, iterations=1)
-    role = "floor" if rows == "all" else "floor-distinct"
+    role = "floor" if rows == "all" else f"floor-{rows}"
     benchmark.extra_info.update(_record(workload, instances, engine, mode, role, floor_rows=rows,
                                         rows_per_instance=rows_per_instance, mean_seconds=benchmark.stats.stats.mean))
 
@@ -151,7 +169,7 @@ def test_engine(benchmark, kernelshap_ray, workload, explainer_factory, explain_
     finally:
         tracemalloc.stop()
     assert np.isfinite(values).all()
-    distinct, naive = engine.rows_per_instance(instances)
+    counts = engine.rows_per_instance(instances)
     reuse_stats: dict = {}
 
     def run():
@@ -162,7 +180,7 @@ def test_engine(benchmark, kernelshap_ray, workload, explainer_factory, explain_
         reuse_stats.update(fresh.reuse_stats)
         return out
 
-    paired = {rows: TimedRounds(_floor(workload, instances, engine, rows)[0]) for rows in ("all", "distinct")}
+    paired = {rows: TimedRounds(_floor(workload, instances, engine, rows)[0]) for rows in _FLOOR_ROWS}
     if reuse:
         paired["default"] = TimedRounds(lambda: engine.explain(instances))
 
@@ -178,21 +196,21 @@ def test_engine(benchmark, kernelshap_ray, workload, explainer_factory, explain_
     else:
         assert np.array_equal(result, values)
     rounds = benchmark.stats.stats.data
-    evaluated = distinct if engine.row_strategy_ == "distinct" else naive
     fields = dict(
         reuse_coalitions=reuse, mean_seconds=benchmark.stats.stats.mean, peak_memory_mb=peak / 2**20,
         chunk_rows=engine.chunk_rows_, row_strategy=engine.row_strategy_,
         chunk_calibration_s=engine.chunk_choice_.calibration_s, cpu_kernel=engine.cpu_kernel_,
-        naive_rows=naive, distinct_rows=distinct,
+        naive_rows=counts.naive, distinct_rows=counts.distinct, shared_rows=counts.shared,
         ratio_to_floor=paired_ratio(rounds, paired["all"].seconds),
         ratio_to_distinct_floor=paired_ratio(rounds, paired["distinct"].seconds),
+        ratio_to_shared_floor=paired_ratio(rounds, paired["shared"].seconds),
     )
     if reuse:
         fields.update(reuse_hit_rate=reuse_stats["hit_rate"], reuse_cache_mb=reuse_stats["bytes"] / 2**20,
-                      model_rows_per_naive=(evaluated / naive) * (1 - reuse_stats["hit_rate"]),
+                      model_rows_per_naive=(counts.model / counts.naive) * (1 - reuse_stats["hit_rate"]),
                       ratio_to_default_engine=paired_ratio(rounds, paired["default"].seconds))
     else:
-        fields["model_rows_per_naive"] = evaluated / naive
+        fields["model_rows_per_naive"] = counts.model / counts.naive
         if _speedup_vs_shap.get(mode) is not None:
             fields["speedup_vs_shap"] = _speedup_vs_shap[mode]
     benchmark.extra_info.update(_record(workload, instances, engine, mode, "engine-reuse" if reuse else "engine",

@@ -41,12 +41,13 @@ RECORD_BACKENDS = (SERIAL, *BACKENDS)
 BASELINES = (PROCESSES,)
 #: ``perf/test_engine_speed.py``: the engine's two modes (sampled coalitions, all of them)
 ENGINE_MODES = ("sampled", "exact")
-#: ``perf/test_engine_speed.py``: what a benchmark times (the model alone on all synthetic rows or
-#: on the distinct ones only, shap's KernelExplainer, the engine, the engine reusing coalitions)
-ENGINE_ROLES = ("floor", "floor-distinct", "shap", "engine", "engine-reuse")
-FLOOR_ROLES = ("floor", "floor-distinct")
-#: the floors' synthetic rows: all of them or each coalition's distinct ones
-FLOOR_ROWS = ("all", "distinct")
+#: ``perf/test_engine_speed.py``: what a benchmark times (the model alone on all synthetic rows, on
+#: each coalition's distinct ones, or on each instance's distinct ones; shap's KernelExplainer, the
+#: engine, the engine reusing coalitions)
+ENGINE_ROLES = ("floor", "floor-distinct", "floor-shared", "shap", "engine", "engine-reuse")
+FLOOR_ROLES = ("floor", "floor-distinct", "floor-shared")
+#: the floors' synthetic rows: all of them, each coalition's distinct ones, each instance's distinct ones
+FLOOR_ROWS = ("all", "distinct", "shared")
 #: the workload of every run saved before records named theirs
 LEGACY_WORKLOAD = "adult"
 
@@ -136,16 +137,18 @@ class BenchmarkRecord:
     reuse_coalitions: bool | None = _f("bool", "engine, mission, scaling, backends: coalition values reused across instances")
     peak_memory_mb: float | None = _f("float", "engine: peak traced memory of one explain, MiB")
     chunk_rows: int | None = _f("int", "engine, mission: the chunk size chosen on this CPU", minimum=1)
-    row_strategy: str | None = _f("str", "engine, mission: dense or distinct rows", allowed=ROW_STRATEGIES)
+    row_strategy: str | None = _f("str", "engine, mission: shared, distinct or dense rows", allowed=ROW_STRATEGIES)
     chunk_calibration_s: float | None = _f("float", "engine: seconds the chunk choice took")
     cpu_kernel: str | None = _f("str", "engine, mission: the CPU kernel the engine was built on")
     naive_rows: int | None = _f("int", "engine: synthetic rows per instance, coalitions x background", minimum=1)
-    distinct_rows: int | None = _f("int", "engine: distinct synthetic rows per instance", minimum=0)
+    distinct_rows: int | None = _f("int", "engine: each coalition's distinct synthetic rows, per instance", minimum=0)
+    shared_rows: int | None = _f("int", "engine: each instance's distinct synthetic rows (its coalitions share them), "
+                                 "per instance", minimum=0)
     distinct_rows_per_naive: float | None = _f("float", "engine: distinct / naive rows",
                                                derived_from="distinct_rows / naive_rows")
     model_rows_per_naive: float | None = _f(
         "float", "engine: rows the model evaluated / naive rows",
-        derived_from="(distinct_rows if row_strategy is distinct else naive_rows) / naive_rows "
+        derived_from="(shared_rows, distinct_rows or naive_rows, by row_strategy) / naive_rows "
                      "x (1 - reuse_hit_rate with reuse)")
     reuse_hit_rate: float | None = _f("float", "engine, reuse: share of coalition values found in the cache")
     reuse_cache_mb: float | None = _f("float", "engine, reuse: the cache's size, MiB")
@@ -158,6 +161,9 @@ class BenchmarkRecord:
                                       derived_from=_PAIRED_ROUNDS)
     ratio_to_distinct_floor: float | None = _f(
         "float", "engine: time / the floor's (distinct rows), median of paired rounds", derived_from=_PAIRED_ROUNDS)
+    ratio_to_shared_floor: float | None = _f(
+        "float", "engine: time / the floor's (each instance's distinct rows), median of paired rounds",
+        derived_from=_PAIRED_ROUNDS)
     # times
     seconds: float | None = _f("float", "the fastest timed round (pytest-benchmark's min)")
     mean_seconds: float | None = _f("float", "the mean timed round (pytest-benchmark's mean)")
@@ -289,7 +295,7 @@ class BenchmarkRecord:
         cpu = self.machine_cpu_seconds
         if cpu is not None:
             out["overhead_cpu_share"] = ratio(cpu["driver"] + cpu["ray"], cpu["workers"] + cpu["driver"] + cpu["ray"])
-        evaluated = self.distinct_rows if self.row_strategy == "distinct" else self.naive_rows
+        evaluated = {"shared": self.shared_rows, "distinct": self.distinct_rows}.get(self.row_strategy, self.naive_rows)
         if self.row_strategy is not None and evaluated is not None and self.naive_rows:
             if not self.reuse_coalitions:
                 out["model_rows_per_naive"] = evaluated / self.naive_rows
@@ -404,8 +410,8 @@ def infer_suite(fullname: str) -> str | None:
 def _engine_role(fullname: str, values: Mapping[str, Any]) -> str | None:
     _, function, param = _test_of(fullname)
     if function == "test_floor":
-        distinct = values.get("floor_rows") == "distinct" or "distinct" in param.split("-")
-        return "floor-distinct" if distinct else "floor"
+        rows = values.get("floor_rows") or next((r for r in FLOOR_ROWS[1:] if r in param.split("-")), "all")
+        return "floor" if rows == "all" else f"floor-{rows}"
     if function == "test_shap":
         return "shap"
     if function == "test_engine":

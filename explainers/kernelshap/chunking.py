@@ -27,8 +27,9 @@ MAX_CHUNK_BYTES = 64 * 2**20
 _chosen: dict[Hashable, "ChunkChoice"] = {}
 
 
-#: how the model sees a coalition's rows: each distinct row once, weighted, or every row
-ROW_STRATEGIES = ("distinct", "dense")
+#: how the model sees the synthetic rows: each distinct row of the instance once (shared by its
+#: coalitions), each distinct row of a coalition once (weighted), or every row
+ROW_STRATEGIES = ("shared", "distinct", "dense")
 
 
 @dataclass(frozen=True)

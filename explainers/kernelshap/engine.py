@@ -27,6 +27,7 @@ from explainers.kernelshap.chunking import ROW_STRATEGIES, ChunkChoice, candidat
 from explainers.kernelshap.coalition_cache import DEFAULT_REUSE_CACHE_BYTES, CoalitionValueCache
 from explainers.kernelshap.coalitions import (
     CoalitionPlan,
+    coalition_keys,
     full_plan,
     max_coalitions,
     plan_bytes,
@@ -35,6 +36,8 @@ from explainers.kernelshap.coalitions import (
 )
 from explainers.kernelshap.distinct_rows import DEFAULT_DISTINCT_CACHE_BYTES, DistinctRows, RowSet, take
 from explainers.kernelshap.row_kernels import build_distinct_rows, compile_kernels, weighted_means
+from explainers.kernelshap import shared_rows
+from explainers.kernelshap.shared_rows import INDEX_ENTRIES_PER_ROW, accumulate, build_shared_rows
 from explainers.kernelshap.threads import DEFAULT_MODEL_THREADS, check_model_threads, cpu_kernel, limited_threads
 
 Predict = Callable[[np.ndarray], Any]
@@ -71,12 +74,15 @@ def _trusted_finite_inputs() -> contextlib.AbstractContextManager[Any]:
 class _Buffers:
     """Synthetic rows of one model call, with room for ``x`` as a last row.
 
-    ``rows`` ``(max(chunk_rows, N) + 1, D)`` (row-major) for distinct rows; for every row of
-    ``c`` coalitions (column-major), ``tile`` ``(D, c, N)`` (the background repeated) and
-    ``dense`` ``(D, c * N + 1)``.
+    ``rows`` ``(max(chunk_rows, N, S) + 1, D)`` (row-major) for distinct and shared rows, and
+    ``index`` int32 for shared rows (flat: viewed as ``(b, S')`` per chunk, which row each of the
+    ``S'`` coalitions of each of the chunk's ``b`` background rows reads); for every row of ``c``
+    coalitions (column-major), ``tile`` ``(D, c, N)`` (the background repeated) and ``dense``
+    ``(D, c * N + 1)``.
     """
 
     rows: np.ndarray
+    index: np.ndarray
     tile: np.ndarray
     dense: np.ndarray
 
@@ -87,12 +93,30 @@ class _Buffers:
         """Only the buffers ``strategies`` use are allocated; the others are empty."""
         n_cols, n_bg = background_t.shape
         empty = np.empty((n_cols, 0))
-        rows = np.empty((max(chunk_rows, n_bg) + 1, n_cols)) if "distinct" in strategies else empty.T
+        if "distinct" in strategies or "shared" in strategies:
+            rows = np.empty((max(chunk_rows, n_bg, max_coalitions if "shared" in strategies else 0) + 1, n_cols))
+        else:
+            rows = empty.T
+        entries = max(max_coalitions, min(n_bg * max_coalitions, INDEX_ENTRIES_PER_ROW * chunk_rows))
+        index = np.empty(entries if "shared" in strategies else 0, dtype=np.int32)
         if "dense" not in strategies:
-            return cls(rows, empty[:, None, :], empty)
+            return cls(rows, index, empty[:, None, :], empty)
         per_call = max(1, min(chunk_rows // n_bg, max_coalitions))
         tile = np.ascontiguousarray(np.broadcast_to(background_t[:, None, :], (n_cols, per_call, n_bg)))
-        return cls(rows, tile, np.empty((n_cols, per_call * n_bg + 1)))
+        return cls(rows, index, tile, np.empty((n_cols, per_call * n_bg + 1)))
+
+
+@dataclass(frozen=True)
+class RowCounts:
+    """Synthetic rows, counted: ``naive`` (coalitions x background rows), ``distinct`` (each
+    coalition's distinct rows), ``shared`` (each instance's distinct rows; None above
+    :data:`~explainers.kernelshap.shared_rows.MAX_PLAYERS` players) and ``model``, those the
+    engine's ``row_strategy_`` gives the model."""
+
+    naive: int
+    distinct: int
+    shared: int | None
+    model: int
 
 
 def _background_row(row: int) -> str:
@@ -261,12 +285,15 @@ class KernelShap:
         for this model (under 1 s; see :mod:`explainers.kernelshap.chunking`); ``chunk_rows_`` is the
         size used and ``chunk_choice_`` how it was chosen. An int is used as given.
     row_strategy:
-        ``"distinct"``: the model sees each distinct synthetic row of a coalition once, weighted
-        by the background rows it stands for (:mod:`explainers.kernelshap.distinct_rows`, written
-        by :mod:`explainers.kernelshap.row_kernels`); ``"dense"``: every row (cheaper where
+        ``"shared"``: the model sees each distinct synthetic row of an instance once, shared by
+        every coalition that gives it (a background row that holds ``x``'s values on a player
+        gives the same row with or without that player; :mod:`explainers.kernelshap.shared_rows`;
+        up to 62 players); ``"distinct"``: each distinct synthetic row of a coalition once,
+        weighted by the background rows it stands for (:mod:`explainers.kernelshap.distinct_rows`,
+        written by :mod:`explainers.kernelshap.row_kernels`); ``"dense"``: every row (cheaper where
         nearly every synthetic row is distinct, as with continuous features); ``"auto"``
-        (default): whichever is faster here, measured with ``chunk_rows`` (``row_strategy_`` is
-        the one used; on the Adult workload, distinct).
+        (default): whichever is fastest here, measured with ``chunk_rows`` (``row_strategy_`` is
+        the one used; on the Adult workload, shared: 0.05 of the naive rows).
     model_threads:
         BLAS/OpenMP threads of the engine's own model calls and solves (default 1), whatever
         the calling process has; ``None`` leaves the caller's. With a fixed count the values
@@ -278,7 +305,9 @@ class KernelShap:
         calls of this object, i.e. of the same worker) that agrees with the instance that
         computed it on the coalition's players. Values then agree with the default within
         1e-12, not bitwise: which instance computed a value first can change its last bit.
-        ``reuse_stats`` reports the hit rate and memory.
+        ``reuse_stats`` reports the hit rate and memory. A lookup costs about as much as a
+        coalition's share of the shared rows of a cheap model: it pays where a model row costs
+        much more than writing it (on the Adult logistic regression it does not).
     reuse_cache_bytes:
         The most memory the reused values may take (default 256 MiB per engine, i.e. per
         worker); once full, the cache keeps what it has.
@@ -354,6 +383,9 @@ class KernelShap:
         self.reuse_coalitions = bool(reuse_coalitions)
         self.reuse_cache_bytes = int(reuse_cache_bytes)
         self.max_plan_bytes = int(max_plan_bytes)
+        if row_strategy == "shared" and self.n_groups > shared_rows.MAX_PLAYERS:
+            raise ValueError(f"row_strategy 'shared' takes at most {shared_rows.MAX_PLAYERS} players, "
+                             f"got {self.n_groups}: use 'distinct', 'dense' or 'auto'")
         self.nsamples_ = _resolve_nsamples(nsamples, self.n_groups)
         self.nsamples = nsamples
         _check_plan_memory(nsamples, self.nsamples_, self.n_groups, 1, self.max_plan_bytes)
@@ -371,6 +403,8 @@ class KernelShap:
             self._full = full_plan(self.n_groups) if self.exact and self.n_groups > 1 else None
             self._full_operator = solve_operator(self._full) if self._full is not None else None
             self._full_rows: RowSet | None = None
+            self._full_keys = coalition_keys(self._full.masks) \
+                if self._full is not None and self.n_groups <= shared_rows.MAX_PLAYERS else None
             self.chunk_choice_: ChunkChoice = self._choose_chunk_rows()
         self.chunk_rows_ = self.chunk_choice_.rows
         self.row_strategy_ = self.chunk_choice_.strategy
@@ -419,6 +453,8 @@ class KernelShap:
         self.__dict__.update(state)
         if self.row_strategy_ == "distinct":
             compile_kernels()  # in a worker: when it receives the engine, not in its first timed call
+        elif self.row_strategy_ == "shared":
+            shared_rows.compile_kernels()
 
     # ----------------------------------------------------------------- public API
     def check_X(self, X: Any) -> np.ndarray:
@@ -452,18 +488,22 @@ class KernelShap:
                     callback(1)
         return phi[:, :, 0] if self._output.k is None else phi
 
-    def rows_per_instance(self, X: Any, *, offset: int = 0) -> tuple[int, int]:
-        """``(distinct, naive)``: the synthetic rows the model sees for each row of ``X``
-        summed, and the rows a naive engine would give it (coalitions x background rows),
-        both without reuse across instances and without the ``f(x)`` rows."""
+    def rows_per_instance(self, X: Any, *, offset: int = 0) -> RowCounts:
+        """The synthetic rows of the rows of ``X``, summed, by how they are counted (see
+        :class:`RowCounts`), without reuse across instances and without the ``f(x)`` rows."""
         X = self.check_X(X)
-        distinct = naive = 0
+        naive = distinct = shared = 0
+        countable = self.n_groups <= shared_rows.MAX_PLAYERS
         for i in range(len(X)):
             plan, players = self._plan(X[i], offset + i)
             if plan is not None:
-                distinct += self._rows_of(plan, players).n_rows
                 naive += len(plan) * len(self.background)
-        return distinct, naive
+                distinct += self._rows_of(plan, players).n_rows
+                if countable:
+                    keys = coalition_keys(self._masks(plan, players))
+                    shared += shared_rows.shared_row_count(self.background, X[i], self._column_player, keys)
+        model = {"dense": naive, "distinct": distinct, "shared": shared}[self.row_strategy_]
+        return RowCounts(naive, distinct, shared if countable else None, model)
 
     # ----------------------------------------------------------------- internals
     def _apply_link(self, mean_output: np.ndarray, what: str | Callable[[int], str]) -> np.ndarray:
@@ -573,7 +613,10 @@ class KernelShap:
         (see :mod:`explainers.kernelshap.chunking`)."""
         x = self.background[0]
         plan, players = self._plan(x, 0)
-        strategies = list(ROW_STRATEGIES) if self.row_strategy == "auto" else [self.row_strategy]
+        if self.row_strategy != "auto":
+            strategies = [self.row_strategy]
+        else:
+            strategies = [s for s in ROW_STRATEGIES if s != "shared" or self.n_groups <= shared_rows.MAX_PLAYERS]
         if self.chunk_rows != "auto":
             sizes = [int(self.chunk_rows)]
         elif plan is None:
@@ -584,22 +627,32 @@ class KernelShap:
             return ChunkChoice(sizes[0], strategies[0], "whole instance")
         if "distinct" in strategies:
             compile_kernels()  # before the clock: the first compilation on a machine takes seconds
+        if "shared" in strategies:
+            shared_rows.compile_kernels()
         masks, rows = self._masks(plan, players), self._rows_of(plan, players)
         buffers: dict[int, _Buffers] = {}
+
+        def buffer_for(size: int) -> _Buffers:  # made once per size, not once per timing
+            if size not in buffers:
+                buffers[size] = self._new_buffer(size, tuple(strategies))
+            return buffers[size]
 
         def time_chunk(strategy: str, size: int) -> float:
             # as many coalitions as one call of ``explain`` holds: up to ``size`` model rows,
             # distinct rows for the distinct strategy (a call of ``size`` naive rows would hold
             # fewer model rows, and fit in caches the real call does not)
+            if strategy == "shared":  # one chunk: its time per naive row of its background rows
+                began = time.perf_counter()
+                with _trusted_finite_inputs():
+                    *_, n_background = self._shared_values(x, 0, masks, buffer_for(size), size, max_chunks=1)
+                return (time.perf_counter() - began) / (n_background * len(masks))
             if strategy == "distinct":
                 stop = int(np.searchsorted(rows.starts, size, side="right")) - 1
             else:
                 stop = size // len(self.background)
             stop = max(1, min(len(masks), stop))
             part = take(rows, np.arange(stop))
-            if size not in buffers:  # made once per size, not once per timing
-                buffers[size] = self._new_buffer(size, tuple(strategies))
-            buffer = buffers[size]
+            buffer = buffer_for(size)
             began = time.perf_counter()
             with _trusted_finite_inputs():
                 self._coalition_values(x, 0, masks[:stop], part, buffer, size, strategy)
@@ -632,6 +685,9 @@ class KernelShap:
         """
         if strategy == "dense":
             return self._dense_values(x, index, masks, buffers)
+        if strategy == "shared":
+            values, fx, _ = self._shared_values(x, index, masks, buffers, chunk_rows)
+            return values, fx
         assert rows is not None
         buffer = buffers.rows
         n_bg = len(self.background)
@@ -671,6 +727,42 @@ class KernelShap:
         block[n_rows] = x
         out = self._call_model(block, self._output, where).reshape(n_rows + 1, -1)
         return out[:-1], out[-1].copy()
+
+    def _shared_values(
+        self, x: np.ndarray, index: int, masks: np.ndarray, buffers: _Buffers, chunk_rows: int,
+        max_chunks: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """:meth:`_coalition_values` with each distinct synthetic row of the instance once, shared
+        by all its coalitions (``strategy == "shared"``, :mod:`explainers.kernelshap.shared_rows`).
+
+        Chunks of consecutive background rows go to the model; each coalition's total over them
+        is added in background order. With ``max_chunks``, only that many chunks are evaluated
+        (for the calibration: the values are then partial). Returns the values ``(S, K')``,
+        ``f(x)`` ``(K',)`` and how many background rows were covered.
+        """
+        keys = self._full_keys if masks is getattr(self._full, "masks", None) else coalition_keys(masks)
+        n_bg, n_coalitions = len(self.background), len(masks)
+        totals = np.zeros((n_coalitions, self._output.width))
+        max_background = max(1, min(n_bg, len(buffers.index) // max(n_coalitions, 1)))
+        chunk_index = buffers.index[: max_background * n_coalitions].reshape(max_background, n_coalitions)
+        fx = None
+        first = chunks = 0
+        while n_coalitions and first < n_bg and (max_chunks is None or chunks < max_chunks):
+            stop, n_rows = build_shared_rows(self.background, x, self._column_player, keys, self.n_groups, first,
+                                             chunk_rows, max_background, buffers.rows, chunk_index)
+
+            def where(row: int, first: int = first, stop: int = stop, n_rows: int = n_rows) -> str:
+                if row == n_rows:
+                    return f"instance {index} itself"
+                b, s = np.argwhere(chunk_index[: stop - first] == row)[0]
+                return f"instance {index} (coalition {int(s)}, background row {first + int(b)})"
+
+            out, fx = self._call_chunk(buffers.rows[: n_rows + 1], x, fx, where)
+            accumulate(out, chunk_index, stop - first, totals)
+            first, chunks = stop, chunks + 1
+        if fx is None:
+            fx = self._call_model(x[None, :], self._output, lambda _: f"instance {index} itself").reshape(-1)
+        return totals / n_bg, fx, first
 
     def _dense_values(
         self, x: np.ndarray, index: int, masks: np.ndarray, buffers: _Buffers

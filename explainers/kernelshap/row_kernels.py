@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from explainers.kernelshap.distinct_rows import RowSet
+from explainers.kernelshap.kernel_arguments import check_writable, read_only
 
 _ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 _NONE = np.uint64(0)
@@ -68,13 +69,6 @@ def _weighted_means(
             values[s - first, o] = total / n_background
 
 
-def _read_only(array: np.ndarray) -> np.ndarray:
-    """A read-only view: numba compiles once per writability, so every input is passed read-only."""
-    view = array.view()
-    view.flags.writeable = False
-    return view
-
-
 def build_distinct_rows(
     background: np.ndarray, x: np.ndarray, column_player: np.ndarray, masks: np.ndarray, rows: RowSet,
     first: int, stop: int, out: np.ndarray,
@@ -90,9 +84,9 @@ def build_distinct_rows(
     """
     inputs = (background, x, column_player, masks, rows.pool_rows, rows.begin, rows.starts)
     dtypes = (np.float64, np.float64, np.int64, np.bool_, np.int64, np.int64, np.int64)
-    ready = [_read_only(np.ascontiguousarray(a, dtype=t)) for a, t in zip(inputs, dtypes)]
+    ready = [read_only(a, t) for a, t in zip(inputs, dtypes)]
     _check_span(rows, first, stop)
-    _check_writable("out", out)
+    check_writable("out", out)
     if out.shape[0] < rows.starts[stop] - rows.starts[first] or out.shape[1] != background.shape[1]:
         raise ValueError(f"out {out.shape} cannot hold the rows of coalitions {first}:{stop}")
     return int(_build_distinct_rows(*ready, int(first), int(stop), out))
@@ -110,9 +104,9 @@ def weighted_means(
     """
     inputs = (outputs, rows.pool_counts, rows.begin, rows.starts)
     dtypes = (np.float64, np.float64, np.int64, np.int64)
-    ready = [_read_only(np.ascontiguousarray(a, dtype=t)) for a, t in zip(inputs, dtypes)]
+    ready = [read_only(a, t) for a, t in zip(inputs, dtypes)]
     _check_span(rows, first, stop)
-    _check_writable("values", values)
+    check_writable("values", values)
     if values.shape != (stop - first, outputs.shape[1]) or len(outputs) < rows.starts[stop] - rows.starts[first]:
         raise ValueError(f"values {values.shape} or outputs {outputs.shape} do not fit coalitions {first}:{stop}")
     _weighted_means(*ready, int(first), int(stop), int(n_background), values)
@@ -125,11 +119,6 @@ def _check_span(rows: RowSet, first: int, stop: int) -> None:
     ends = rows.begin[first:stop] + np.diff(rows.starts[first : stop + 1])
     if rows.begin[first:stop].min() < 0 or ends.max() > min(len(rows.pool_rows), len(rows.pool_counts)):
         raise ValueError(f"the row set's coalitions {first}:{stop} reach outside its pools")
-
-
-def _check_writable(name: str, array: np.ndarray) -> None:
-    if not array.flags.c_contiguous or array.dtype != np.float64 or not array.flags.writeable:
-        raise ValueError(f"{name} must be a writable C-contiguous float64 array")
 
 
 def compiled_versions() -> dict[str, int]:

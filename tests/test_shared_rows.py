@@ -1,0 +1,106 @@
+"""The compiled kernels of the shared-row strategy: each distinct row of an instance once."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from explainers.kernelshap.coalitions import coalition_keys
+from explainers.kernelshap.shared_rows import (
+    accumulate,
+    build_shared_rows,
+    compiled_versions,
+    shared_row_count,
+)
+
+
+def _problem(n_players: int = 5, n_coalitions: int = 9, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    column_player = np.repeat(np.arange(n_players), 2)
+    background = rng.integers(0, 2, size=(30, len(column_player))).astype(float)
+    x = background[3].copy()
+    x[::3] = 5.0
+    background[0, 1] = -0.0  # a signed zero differs from x's 0.0 bitwise: x's must be taken
+    x[1] = 0.0
+    background[1, 2] = np.finfo(float).tiny / 4  # a subnormal must survive the select
+    masks = rng.random((n_coalitions, n_players)) < 0.5
+    return background, x, column_player, masks
+
+
+def _build_all(background, x, column_player, masks, max_rows=10**6):
+    keys = coalition_keys(masks)
+    n_players = int(column_player.max()) + 1
+    out = np.empty((max(max_rows, len(masks)) + 1, background.shape[1]))
+    index = np.empty((len(background), len(masks)), dtype=np.int32)
+    chunks, first = [], 0
+    while first < len(background):
+        stop, n_rows = build_shared_rows(background, x, column_player, keys, n_players, first, max_rows,
+                                         len(background), out, index)
+        chunks.append((first, stop, out[:n_rows].copy(), index[: stop - first].copy()))
+        first = stop
+    return chunks
+
+
+@pytest.mark.parametrize("n_players, n_coalitions", [(5, 9), (5, 31), (20, 12)], ids=["few", "all", "sparse"])
+def test_every_coalition_reads_its_own_synthetic_row_bit_for_bit(n_players, n_coalitions):
+    """Dense numbering (2**|P_b| small) and sorted numbering (20 players, 12 coalitions) alike."""
+    background, x, column_player, masks = _problem(n_players, n_coalitions)
+    total_rows = 0
+    for first, stop, rows, index in _build_all(background, x, column_player, masks):
+        total_rows += len(rows)
+        for i, b in enumerate(range(first, stop)):
+            expected = np.where(masks[:, column_player], x, background[b])
+            assert np.array_equal(rows[index[i]].view(np.int64), expected.view(np.int64))
+        # no row twice within a background row's block
+        for i in range(stop - first):
+            used = np.unique(index[i])
+            assert len(np.unique(rows[used].view(np.int64), axis=0)) == len(used)
+    assert total_rows == shared_row_count(background, x, column_player, coalition_keys(masks))
+
+
+def test_a_chunk_holds_whole_background_rows_within_its_bound():
+    background, x, column_player, masks = _problem(5, 31)
+    chunks = _build_all(background, x, column_player, masks, max_rows=40)
+    assert len(chunks) > 1 and chunks[-1][1] == len(background)
+    for first, stop, rows, _ in chunks:
+        assert len(rows) <= 40 or stop == first + 1
+
+
+def test_totals_are_summed_in_background_order():
+    outputs = np.array([[1e16], [1.0], [-1e16]])
+    index = np.array([[0], [1], [2]], dtype=np.int32)
+    totals = np.zeros((1, 1))
+    accumulate(outputs, index, 3, totals)
+    assert totals[0, 0] == (1e16 + 1.0) - 1e16  # 0.0: in order; 1.0 in another order
+    with pytest.raises(IndexError, match="outside the chunk's outputs"):
+        accumulate(outputs[:2], index, 3, np.zeros((1, 1)))
+
+
+def test_bad_arguments_are_errors():
+    background, x, column_player, masks = _problem()
+    keys = coalition_keys(masks)
+    out, index = np.empty((100, background.shape[1])), np.empty((30, len(keys)), dtype=np.int32)
+    with pytest.raises(ValueError, match="takes 1 to 62 players"):
+        build_shared_rows(background, x, column_player, keys, 63, 0, 50, 30, out, index)
+    with pytest.raises(ValueError, match="bitmasks of 5 players"):
+        build_shared_rows(background, x, column_player, keys | 2**7, 5, 0, 50, 30, out, index)
+    with pytest.raises(ValueError, match="cannot hold"):
+        build_shared_rows(background, x, column_player, keys, 5, 0, 500, 30, out, index)
+    with pytest.raises(ValueError, match="writable C-contiguous int32"):
+        build_shared_rows(background, x, column_player, keys, 5, 0, 50, 30, out, index.astype(np.int64))
+
+
+def test_one_compiled_version_per_kernel_whatever_the_input_types():
+    background, x, column_player, masks = _problem()
+    _build_all(background, x, column_player, masks)
+    _build_all(background[:, :].astype(np.float32).astype(np.float64), x, column_player.astype(np.int32), masks)
+    accumulate(np.zeros((2, 1), dtype=np.float32), np.zeros((1, 1), dtype=np.int32), 1, np.zeros((1, 1)))
+    assert compiled_versions() == {"build_shared_rows": 1, "accumulate": 1}
+
+
+def test_no_coalitions_give_no_rows():
+    """With reuse every coalition of an instance can be found: then no row may be written."""
+    background, x, column_player, masks = _problem(20, 12)
+    out, index = np.full((13, background.shape[1]), np.nan), np.empty((30, 0), dtype=np.int32)
+    stop, n_rows = build_shared_rows(background, x, column_player, np.empty(0, dtype=np.int64), 20, 0, 12, 30,
+                                     out, index)
+    assert (stop, n_rows) == (30, 0)
