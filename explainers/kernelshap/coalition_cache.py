@@ -6,8 +6,8 @@ later instance that agrees with it there. The cache maps ``(S, x_S)`` to the val
 
 A key is ``M`` small integers: per player 0 if the player is outside ``S`` and else 1 + the
 id of ``x``'s values on its columns (ids given in order of first sight). Keys are found
-through an open-addressing hash table held in NumPy arrays, so that one instance's thousands
-of coalitions are looked up and stored with a few vectorised operations, not one Python
+through an open-addressing hash table held in NumPy arrays, probed by compiled (numba) loops,
+so that one instance's thousands of coalitions cost a few microseconds of Python, not one
 dictionary operation each. A key's 64-bit hash (the XOR of a SplitMix64 hash of each of its
 ``(player, id)``) only chooses where to look: a hit also needs the whole key to be equal, so
 two keys that share a hash can cost a probe but never give a wrong value.
@@ -23,7 +23,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
+
+from explainers.kernelshap.kernel_arguments import check_writable, read_only
 
 #: default of ``KernelShap(reuse_cache_bytes=...)``: per engine, i.e. per worker
 DEFAULT_REUSE_CACHE_BYTES = 256 * 2**20
@@ -50,6 +53,49 @@ def splitmix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+@numba.njit(cache=True, nogil=True)
+def _find_coalitions(
+    masks: np.ndarray, looked: np.ndarray, ids: np.ndarray, player_hashes: np.ndarray, table: np.ndarray,
+    entry_hashes: np.ndarray, entry_keys: np.ndarray, found: np.ndarray, hashes: np.ndarray,
+) -> None:
+    """For each coalition ``looked[i]`` of ``masks``: its hash into ``hashes[i]`` and its entry
+    (or -1) into ``found[i]``, probing from the hash's slot until the whole key or an empty slot."""
+    n_players = masks.shape[1]
+    slot_mask = table.shape[0] - 1
+    for i in range(looked.shape[0]):
+        s = looked[i]
+        h = np.uint64(0)
+        for p in range(n_players):
+            if masks[s, p]:
+                h ^= player_hashes[p]
+        hashes[i] = h
+        found[i] = -1
+        slot = np.int64(h & np.uint64(slot_mask))
+        while table[slot] != _EMPTY:
+            e = table[slot]
+            if entry_hashes[e] == h:
+                same = True
+                for p in range(n_players):
+                    if entry_keys[e, p] != (ids[p] if masks[s, p] else 0):
+                        same = False
+                        break
+                if same:
+                    found[i] = e
+                    break
+            slot = (slot + 1) & slot_mask
+
+
+@numba.njit(cache=True, nogil=True)
+def _place_entries(table: np.ndarray, entry_hashes: np.ndarray, first: int, stop: int) -> None:
+    """Put entries ``first:stop`` (distinct keys, none in the table) into the hash table."""
+    slot_mask = table.shape[0] - 1
+    for e in range(first, stop):
+        slot = np.int64(entry_hashes[e] & np.uint64(slot_mask))
+        while table[slot] != _EMPTY:
+            slot = (slot + 1) & slot_mask
+        table[slot] = e
+
+
 @dataclass(frozen=True)
 class PendingKeys:
     """Misses of one lookup worth storing: their positions ``coalitions`` ``(m,)`` among the
@@ -72,6 +118,7 @@ class CoalitionValueCache:
         self.width = int(width)
         self.max_bytes = int(max_bytes)
         self.clear()
+        self._compile_kernels()
 
     def clear(self) -> None:
         """Forget every value and count (also what a pickled copy starts with)."""
@@ -100,6 +147,13 @@ class CoalitionValueCache:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.clear()
+        self._compile_kernels()  # in a worker: when it receives the engine, not in its first timed call
+
+    def _compile_kernels(self) -> None:
+        """Compile (or load from numba's cache) the probing loops, on an empty table."""
+        self.lookup(np.zeros(sum(len(c) for c in self._columns)), np.zeros((1, self.n_players), dtype=bool))
+        self._place(0, 0)
+        self.clear()
 
     @property
     def nbytes(self) -> int:
@@ -127,52 +181,14 @@ class CoalitionValueCache:
             ids[p] = found + 1
         return ids
 
-    def _keys_and_hashes(self, x: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The keys ``(S, M)`` and hashes ``(S,)`` of the coalitions ``masks`` ``(S, M)`` for ``x``."""
-        ids = self._player_value_ids(x)
-        if ids.max() > np.iinfo(self._keys.dtype).max:
-            self._keys = self._keys.astype(np.uint32 if ids.max() < 2**32 - 1 else np.uint64)
-        keys = np.where(masks, ids.astype(self._keys.dtype), self._keys.dtype.type(0))
-        player_hashes = splitmix64((np.arange(self.n_players, dtype=np.uint64) << np.uint64(40))
-                                   ^ ids.astype(np.uint64))
-        hashes = np.bitwise_xor.reduce(np.where(masks, player_hashes, np.uint64(0)), axis=1)
-        return keys, hashes
+    def _player_hashes(self, ids: np.ndarray) -> np.ndarray:
+        """``(M,)`` the hash of each ``(player, id)``; a key's hash is the XOR over its players."""
+        return splitmix64((np.arange(self.n_players, dtype=np.uint64) << np.uint64(40)) ^ ids.astype(np.uint64))
 
-    def _find(self, keys: np.ndarray, hashes: np.ndarray) -> np.ndarray:
-        """``(S,)`` the entry of each key, or ``-1``: probes from each hash's slot until the
-        key or an empty slot is found."""
-        mask = np.uint64(len(self._table) - 1)
-        slots = (hashes & mask).astype(np.int64)
-        found = np.full(len(keys), _EMPTY, dtype=np.int64)
-        pending = np.arange(len(keys))
-        while pending.size:
-            entry = self._table[slots[pending]]
-            occupied = entry != _EMPTY
-            candidate = pending[occupied]
-            entry = entry[occupied]
-            same = self._hashes[entry] == hashes[candidate]
-            same[same] = (self._keys[entry[same]] == keys[candidate[same]]).all(axis=1)
-            found[candidate[same]] = entry[same]
-            pending = candidate[~same]
-            slots[pending] = (slots[pending] + 1) & int(mask)
-        return found
-
-    def _place(self, entries: np.ndarray) -> None:
-        """Put ``entries`` (distinct keys, none in the table) into the hash table."""
-        mask = len(self._table) - 1
-        slots = (self._hashes[entries] & np.uint64(mask)).astype(np.int64)
-        pending = np.arange(len(entries))
-        while pending.size:
-            free = self._table[slots[pending]] == _EMPTY
-            taking = pending[free]
-            # of the entries that probe the same free slot now, the first takes it
-            targets, first = np.unique(slots[taking], return_index=True)
-            winners = taking[first]
-            self._table[targets] = entries[winners]
-            placed = np.zeros(len(entries), dtype=bool)
-            placed[winners] = True
-            pending = pending[~placed[pending]]
-            slots[pending] = (slots[pending] + 1) & mask
+    def _place(self, first: int, stop: int) -> None:
+        """Put entries ``first:stop`` (distinct keys, none in the table) into the hash table."""
+        check_writable("table", self._table, np.int64)
+        _place_entries(self._table, read_only(self._hashes, np.uint64), int(first), int(stop))
 
     def _table_slots_for(self, capacity: int) -> int:
         """Hash-table slots for ``capacity`` entries: a power of two, at most ``MAX_LOAD`` full."""
@@ -207,7 +223,7 @@ class CoalitionValueCache:
         slots = self._table_slots_for(capacity)
         if slots != len(self._table):
             self._table = np.full(slots, _EMPTY, dtype=np.int64)
-            self._place(np.arange(n))
+            self._place(0, n)
 
     # ----------------------------------------------------------------- public API
     def lookup(self, x: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, PendingKeys]:
@@ -218,8 +234,14 @@ class CoalitionValueCache:
         """
         sizes = masks.sum(axis=1)
         looked = np.flatnonzero(self._warm_sizes[sizes])
-        keys, hashes = self._keys_and_hashes(x, masks[looked])
-        where = self._find(keys, hashes)
+        ids = self._player_value_ids(x)
+        if ids.max() > np.iinfo(self._keys.dtype).max:
+            self._keys = self._keys.astype(np.uint32 if ids.max() < 2**32 - 1 else np.uint64)
+        where = np.empty(len(looked), dtype=np.int64)
+        hashes = np.empty(len(looked), dtype=np.uint64)
+        _find_coalitions(read_only(masks, np.bool_), read_only(looked, np.int64), read_only(ids, np.int64),
+                         read_only(self._player_hashes(ids), np.uint64), read_only(self._table, np.int64),
+                         read_only(self._hashes, np.uint64), read_only(self._keys, self._keys.dtype), where, hashes)
         found = where >= 0
         self._size_lookups += np.bincount(sizes[looked], minlength=self.n_players + 1)
         self._size_hits += np.bincount(sizes[looked[found]], minlength=self.n_players + 1)
@@ -233,8 +255,9 @@ class CoalitionValueCache:
         hit[looked[found]] = True
         values = np.empty((len(masks), self.width))
         values[looked[found]] = self._values[where[found]]
-        missed = ~found
-        return hit, values, PendingKeys(looked[missed], keys[missed], hashes[missed])
+        missed = looked[~found]
+        keys = np.where(masks[missed], ids.astype(self._keys.dtype), self._keys.dtype.type(0))
+        return hit, values, PendingKeys(missed, keys, hashes[~found])
 
     def store(self, pending: PendingKeys, missing: np.ndarray, computed: np.ndarray) -> None:
         """Keep the values of ``pending``'s coalitions, while there is room.
@@ -255,7 +278,7 @@ class CoalitionValueCache:
         self._keys[new] = pending.keys[:room]
         self._values[new] = computed[np.searchsorted(missing, pending.coalitions[:room])]
         self.entries += room
-        self._place(np.arange(new.start, new.stop))
+        self._place(new.start, new.stop)
 
     @property
     def stats(self) -> dict[str, Any]:
