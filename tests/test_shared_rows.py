@@ -27,15 +27,18 @@ def _problem(n_players: int = 5, n_coalitions: int = 9, seed: int = 0):
 
 
 def _build_all(background, x, column_player, masks, max_rows=10**6):
+    """Every chunk of the instance: ``(first, stop, rows, index, layout, n_patterns)``."""
     keys = coalition_keys(masks)
     n_players = int(column_player.max()) + 1
     out = np.empty((max(max_rows, len(masks)) + 1, background.shape[1]))
     index = np.empty((len(background), len(masks)), dtype=np.int32)
+    layout = np.empty((3, len(background)), dtype=np.int64)
     chunks, first = [], 0
     while first < len(background):
-        stop, n_rows = build_shared_rows(background, x, column_player, keys, n_players, first, max_rows,
-                                         len(background), out, index)
-        chunks.append((first, stop, out[:n_rows].copy(), index[: stop - first].copy()))
+        stop, n_rows, n_patterns = build_shared_rows(background, x, column_player, keys, n_players, first, max_rows,
+                                                     len(background), out, index, layout)
+        chunks.append((first, stop, out[:n_rows].copy(), index[:n_patterns].copy(), layout[:, : stop - first].copy(),
+                       n_patterns))
         first = stop
     return chunks
 
@@ -44,16 +47,20 @@ def _build_all(background, x, column_player, masks, max_rows=10**6):
 def test_every_coalition_reads_its_own_synthetic_row_bit_for_bit(n_players, n_coalitions):
     """Dense numbering (2**|P_b| small) and sorted numbering (20 players, 12 coalitions) alike."""
     background, x, column_player, masks = _problem(n_players, n_coalitions)
+    background[5] = background[4]  # a pattern seen twice
     total_rows = 0
-    for first, stop, rows, index in _build_all(background, x, column_player, masks):
+    for first, stop, rows, index, layout, n_patterns in _build_all(background, x, column_player, masks):
         total_rows += len(rows)
+        pattern_of, row_base, pattern_rows = layout
+        assert n_patterns == len(np.unique(pattern_of)) and np.array_equal(np.unique(pattern_of), np.arange(n_patterns))
         for i, b in enumerate(range(first, stop)):
             expected = np.where(masks[:, column_player], x, background[b])
-            assert np.array_equal(rows[index[i]].view(np.int64), expected.view(np.int64))
-        # no row twice within a background row's block
-        for i in range(stop - first):
-            used = np.unique(index[i])
-            assert len(np.unique(rows[used].view(np.int64), axis=0)) == len(used)
+            read = rows[row_base[i] + index[pattern_of[i]]]
+            assert np.array_equal(read.view(np.int64), expected.view(np.int64))
+            # no row twice within a background row's block, and every one of them read
+            block = rows[row_base[i]: row_base[i] + pattern_rows[pattern_of[i]]]
+            assert len(np.unique(block.view(np.int64), axis=0)) == len(block)
+            assert set(index[pattern_of[i]]) == set(range(len(block)))
     assert total_rows == shared_row_count(background, x, column_player, coalition_keys(masks))
 
 
@@ -61,39 +68,47 @@ def test_a_chunk_holds_whole_background_rows_within_its_bound():
     background, x, column_player, masks = _problem(5, 31)
     chunks = _build_all(background, x, column_player, masks, max_rows=40)
     assert len(chunks) > 1 and chunks[-1][1] == len(background)
-    for first, stop, rows, _ in chunks:
+    for first, stop, rows, *_ in chunks:
         assert len(rows) <= 40 or stop == first + 1
 
 
-def test_totals_are_summed_in_background_order():
+def test_totals_are_summed_per_pattern_in_background_order():
+    """Two background rows of pattern 0, one of pattern 1; every coalition reads row 0 of its pattern."""
     outputs = np.array([[1e16], [1.0], [-1e16]])
-    index = np.array([[0], [1], [2]], dtype=np.int32)
+    index = np.zeros((2, 1), dtype=np.int32)
+    layout = np.array([[0, 0, 1], [0, 1, 2], [1, 1, 0]])
     totals = np.zeros((1, 1))
-    accumulate(outputs, index, 3, totals)
+    accumulate(outputs, index, layout, 3, 2, totals)
     assert totals[0, 0] == (1e16 + 1.0) - 1e16  # 0.0: in order; 1.0 in another order
     with pytest.raises(IndexError, match="outside the chunk's outputs"):
-        accumulate(outputs[:2], index, 3, np.zeros((1, 1)))
+        accumulate(outputs[:2], index, layout, 3, 2, np.zeros((1, 1)))
+    with pytest.raises(IndexError, match="outside its pattern's rows"):
+        accumulate(outputs, index + 1, layout, 3, 2, np.zeros((1, 1)))
 
 
 def test_bad_arguments_are_errors():
     background, x, column_player, masks = _problem()
     keys = coalition_keys(masks)
     out, index = np.empty((100, background.shape[1])), np.empty((30, len(keys)), dtype=np.int32)
+    layout = np.empty((3, 30), dtype=np.int64)
     with pytest.raises(ValueError, match="takes 1 to 62 players"):
-        build_shared_rows(background, x, column_player, keys, 63, 0, 50, 30, out, index)
+        build_shared_rows(background, x, column_player, keys, 63, 0, 50, 30, out, index, layout)
     with pytest.raises(ValueError, match="bitmasks of 5 players"):
-        build_shared_rows(background, x, column_player, keys | 2**7, 5, 0, 50, 30, out, index)
+        build_shared_rows(background, x, column_player, keys | 2**7, 5, 0, 50, 30, out, index, layout)
     with pytest.raises(ValueError, match="cannot hold"):
-        build_shared_rows(background, x, column_player, keys, 5, 0, 500, 30, out, index)
+        build_shared_rows(background, x, column_player, keys, 5, 0, 500, 30, out, index, layout)
     with pytest.raises(ValueError, match="writable C-contiguous int32"):
-        build_shared_rows(background, x, column_player, keys, 5, 0, 50, 30, out, index.astype(np.int64))
+        build_shared_rows(background, x, column_player, keys, 5, 0, 50, 30, out, index.astype(np.int64), layout)
+    with pytest.raises(ValueError, match="cannot hold 30 background rows"):
+        build_shared_rows(background, x, column_player, keys, 5, 0, 50, 30, out, index, layout[:, :10].copy())
 
 
 def test_one_compiled_version_per_kernel_whatever_the_input_types():
     background, x, column_player, masks = _problem()
     _build_all(background, x, column_player, masks)
     _build_all(background[:, :].astype(np.float32).astype(np.float64), x, column_player.astype(np.int32), masks)
-    accumulate(np.zeros((2, 1), dtype=np.float32), np.zeros((1, 1), dtype=np.int32), 1, np.zeros((1, 1)))
+    accumulate(np.zeros((2, 1), dtype=np.float32), np.zeros((1, 1), dtype=np.int32),
+               np.array([[0], [0], [1]], dtype=np.int32), 1, 1, np.zeros((1, 1)))
     assert compiled_versions() == {"build_shared_rows": 1, "accumulate": 1}
 
 
@@ -101,6 +116,6 @@ def test_no_coalitions_give_no_rows():
     """With reuse every coalition of an instance can be found: then no row may be written."""
     background, x, column_player, masks = _problem(20, 12)
     out, index = np.full((13, background.shape[1]), np.nan), np.empty((30, 0), dtype=np.int32)
-    stop, n_rows = build_shared_rows(background, x, column_player, np.empty(0, dtype=np.int64), 20, 0, 12, 30,
-                                     out, index)
+    stop, n_rows, _ = build_shared_rows(background, x, column_player, np.empty(0, dtype=np.int64), 20, 0, 12, 30,
+                                        out, index, np.empty((3, 30), dtype=np.int64))
     assert (stop, n_rows) == (30, 0)

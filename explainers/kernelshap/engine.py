@@ -75,14 +75,16 @@ class _Buffers:
     """Synthetic rows of one model call, with room for ``x`` as a last row.
 
     ``rows`` ``(max(chunk_rows, N, S) + 1, D)`` (row-major) for distinct and shared rows, and
-    ``index`` int32 for shared rows (flat: viewed as ``(b, S')`` per chunk, which row each of the
-    ``S'`` coalitions of each of the chunk's ``b`` background rows reads); for every row of ``c``
+    ``index`` int32 and ``layout`` ``(3, N)`` int64 for shared rows (``index`` is flat, viewed as
+    ``(b, S')`` per chunk of ``b`` background rows and ``S'`` coalitions; see
+    :func:`~explainers.kernelshap.shared_rows.build_shared_rows`); for every row of ``c``
     coalitions (column-major), ``tile`` ``(D, c, N)`` (the background repeated) and ``dense``
     ``(D, c * N + 1)``.
     """
 
     rows: np.ndarray
     index: np.ndarray
+    layout: np.ndarray
     tile: np.ndarray
     dense: np.ndarray
 
@@ -99,11 +101,12 @@ class _Buffers:
             rows = empty.T
         entries = max(max_coalitions, min(n_bg * max_coalitions, INDEX_ENTRIES_PER_ROW * chunk_rows))
         index = np.empty(entries if "shared" in strategies else 0, dtype=np.int32)
+        layout = np.empty((3, n_bg if "shared" in strategies else 0), dtype=np.int64)
         if "dense" not in strategies:
-            return cls(rows, index, empty[:, None, :], empty)
+            return cls(rows, index, layout, empty[:, None, :], empty)
         per_call = max(1, min(chunk_rows // n_bg, max_coalitions))
         tile = np.ascontiguousarray(np.broadcast_to(background_t[:, None, :], (n_cols, per_call, n_bg)))
-        return cls(rows, index, tile, np.empty((n_cols, per_call * n_bg + 1)))
+        return cls(rows, index, layout, tile, np.empty((n_cols, per_call * n_bg + 1)))
 
 
 @dataclass(frozen=True)
@@ -748,17 +751,20 @@ class KernelShap:
         fx = None
         first = chunks = 0
         while n_coalitions and first < n_bg and (max_chunks is None or chunks < max_chunks):
-            stop, n_rows = build_shared_rows(self.background, x, self._column_player, keys, self.n_groups, first,
-                                             chunk_rows, max_background, buffers.rows, chunk_index)
+            stop, n_rows, n_patterns = build_shared_rows(
+                self.background, x, self._column_player, keys, self.n_groups, first, chunk_rows, max_background,
+                buffers.rows, chunk_index, buffers.layout)
 
             def where(row: int, first: int = first, stop: int = stop, n_rows: int = n_rows) -> str:
                 if row == n_rows:
                     return f"instance {index} itself"
-                b, s = np.argwhere(chunk_index[: stop - first] == row)[0]
-                return f"instance {index} (coalition {int(s)}, background row {first + int(b)})"
+                pattern_of, row_base = buffers.layout[:2, : stop - first]
+                i = int(np.searchsorted(row_base, row, side="right")) - 1
+                s = int(np.flatnonzero(chunk_index[pattern_of[i]] == row - row_base[i])[0])
+                return f"instance {index} (coalition {s}, background row {first + i})"
 
             out, fx = self._call_chunk(buffers.rows[: n_rows + 1], x, fx, where)
-            accumulate(out, chunk_index, stop - first, totals)
+            accumulate(out, chunk_index, buffers.layout, stop - first, n_patterns, totals)
             first, chunks = stop, chunks + 1
         if fx is None:
             fx = self._call_model(x[None, :], self._output, lambda _: f"instance {index} itself").reshape(-1)
