@@ -177,7 +177,7 @@ def test_engine(benchmark, kernelshap_ray, workload, explainer_factory, explain_
             return engine.explain(instances)
         fresh = _engine(explainer_factory, mode, reuse_coalitions=True)  # an empty cache each round
         out = fresh.explain(instances)
-        reuse_stats.update(fresh.reuse_stats)
+        reuse_stats.update(fresh.reuse_stats, model_rows=fresh.model_rows_)
         return out
 
     paired = {rows: TimedRounds(_floor(workload, instances, engine, rows)[0]) for rows in _FLOOR_ROWS}
@@ -207,7 +207,7 @@ def test_engine(benchmark, kernelshap_ray, workload, explainer_factory, explain_
     )
     if reuse:
         fields.update(reuse_hit_rate=reuse_stats["hit_rate"], reuse_cache_mb=reuse_stats["bytes"] / 2**20,
-                      model_rows_per_naive=(counts.model / counts.naive) * (1 - reuse_stats["hit_rate"]),
+                      model_rows_per_naive=reuse_stats["model_rows"] / counts.naive,
                       ratio_to_default_engine=paired_ratio(rounds, paired["default"].seconds))
     else:
         fields["model_rows_per_naive"] = counts.model / counts.naive

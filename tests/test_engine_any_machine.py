@@ -275,3 +275,17 @@ def test_a_node_of_another_cpu_kernel_is_a_warning(ray_session, adult_workload):
     with pytest.warns(CpuKernelWarning, match="Some Other CPU.*runs 'AMD|Some Other CPU.*runs '"):
         with explainer:
             explainer.explain(w.X_explain[:5])
+
+
+def test_the_engine_counts_the_rows_it_gives_the_model(adult_workload):
+    X = adult_workload.X_explain[:3]
+    engine = adult_engine(adult_workload, row_strategy="shared")
+    assert engine.model_rows_ == 0  # the calibration's rows are not counted
+    engine.explain(X)
+    assert engine.model_rows_ == engine.rows_per_instance(X).model
+    reusing = adult_engine(adult_workload, row_strategy="shared", reuse_coalitions=True)
+    reusing.explain(X)
+    first = reusing.model_rows_
+    assert 0 < first < engine.model_rows_  # later instances found some values of earlier ones
+    reusing.explain(X)
+    assert reusing.model_rows_ == first  # the same instances again found every value

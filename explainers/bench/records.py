@@ -149,7 +149,7 @@ class BenchmarkRecord:
     model_rows_per_naive: float | None = _f(
         "float", "engine: rows the model evaluated / naive rows",
         derived_from="(shared_rows, distinct_rows or naive_rows, by row_strategy) / naive_rows "
-                     "x (1 - reuse_hit_rate with reuse)")
+                     "x (1 - reuse_hit_rate with reuse, where not counted)")
     reuse_hit_rate: float | None = _f("float", "engine, reuse: share of coalition values found in the cache")
     reuse_cache_mb: float | None = _f("float", "engine, reuse: the cache's size, MiB")
     ratio_to_default_engine: float | None = _f(

@@ -393,6 +393,7 @@ class KernelShap:
         self.nsamples = nsamples
         _check_plan_memory(nsamples, self.nsamples_, self.n_groups, 1, self.max_plan_bytes)
 
+        self.model_rows_ = 0
         with limited_threads(self.model_threads):
             base = self._call_model(self.background, expected=None, where=_background_row)
             self._output = _Output(None if base.ndim == 1 else base.shape[1])
@@ -410,6 +411,8 @@ class KernelShap:
                 if self._full is not None and self.n_groups <= shared_rows.MAX_PLAYERS else None
             self.chunk_choice_: ChunkChoice = self._choose_chunk_rows()
         self.chunk_rows_ = self.chunk_choice_.rows
+        #: synthetic rows this object's ``explain`` calls gave the model (without the ``f(x)`` rows)
+        self.model_rows_ = 0  # the calibration's rows are not counted
         self.row_strategy_ = self.chunk_choice_.strategy
         #: the CPU kernel the values depend on, where the engine was built (see :mod:`explainers.kernelshap.threads`)
         self.cpu_kernel_ = cpu_kernel()
@@ -725,6 +728,7 @@ class KernelShap:
         ``(n_rows + 1, D)``, and ``f(x)`` ``(K',)``: ``fx`` if known, else from ``x`` written to
         the last row and riding along."""
         n_rows = len(block) - 1
+        self.model_rows_ += n_rows
         if fx is not None:
             return self._call_model(block[:n_rows], self._output, where).reshape(n_rows, -1), fx
         block[n_rows] = x
