@@ -289,3 +289,12 @@ def test_the_engine_counts_the_rows_it_gives_the_model(adult_workload):
     assert 0 < first < engine.model_rows_  # later instances found some values of earlier ones
     reusing.explain(X)
     assert reusing.model_rows_ == first  # the same instances again found every value
+
+
+def test_shared_values_do_not_depend_on_the_chunk_size_bitwise(adult_workload):
+    """Each coalition's total is summed in background order whatever the chunks: engines whose
+    calibrations chose different sizes (another ``predict`` object, another process) agree."""
+    X = adult_workload.X_explain[:3]
+    small, large = (adult_engine(adult_workload, nsamples=4094, row_strategy="shared", chunk_rows=rows)
+                    for rows in (4096, 65536))
+    assert np.array_equal(small.explain(X), large.explain(X))

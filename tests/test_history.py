@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from explainers.bench.figures import plot_history
+from explainers.bench.figures import plot_history, steps_label
 from explainers.bench.history import (
     STEP_FACTOR,
     TARGETS,
+    Step,
     history_steps,
     load_history,
     machine_histories,
@@ -243,3 +244,13 @@ def test_the_committed_runs_have_the_known_steps():
     assert ("backends data", "0003") in {(s.family, s.run) for s in steps}  # Ray Data's fix
     assert all(s.cpu == "AMD EPYC" for s in steps)
     assert {h.cpu for h in machine_histories(runs)} == {"AMD EPYC", "Intel(R) Xeon(R) Processor"}
+
+
+def test_many_steps_of_one_run_share_a_summed_up_label():
+    """Past MAX_STEP_LINES steps at one run the label counts them per direction (the page lists each)."""
+    def step(ratio: float) -> tuple[Step, str]:
+        return Step("AMD EPYC", "backends pool", "0002", "c2", ratio, "unused"), "pool"
+
+    assert steps_label([step(0.5), step(2.0)]).splitlines() == ["unused (pool)", "unused (pool)"]
+    text = steps_label([step(1 / 3.0), step(0.5), step(1 / 2.5), step(1.6)])
+    assert text.splitlines() == ["3 faster: x2.00-x3.00", "1 slower: x1.60-x1.60"]

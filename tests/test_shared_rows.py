@@ -72,11 +72,11 @@ def test_a_chunk_holds_whole_background_rows_within_its_bound():
         assert len(rows) <= 40 or stop == first + 1
 
 
-def test_totals_are_summed_per_pattern_in_background_order():
-    """Two background rows of pattern 0, one of pattern 1; every coalition reads row 0 of its pattern."""
+def test_totals_are_summed_in_background_order_across_patterns():
+    """Background rows 0 and 2 of pattern 0, row 1 of pattern 1: the sum goes 0, 1, 2, not by pattern."""
     outputs = np.array([[1e16], [1.0], [-1e16]])
     index = np.zeros((2, 1), dtype=np.int32)
-    layout = np.array([[0, 0, 1], [0, 1, 2], [1, 1, 0]])
+    layout = np.array([[0, 1, 0], [0, 1, 2], [1, 1, 0]])
     totals = np.zeros((1, 1))
     accumulate(outputs, index, layout, 3, 2, totals)
     assert totals[0, 0] == (1e16 + 1.0) - 1e16  # 0.0: in order; 1.0 in another order

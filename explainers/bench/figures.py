@@ -472,6 +472,23 @@ def _mark_work_changes(ax: Any, history: MachineHistory, suite: str, index: Mapp
         previous = work
 
 
+#: the most steps of one run labelled one by one in a history panel (more are summed up)
+MAX_STEP_LINES = 3
+
+
+def steps_label(marked: Sequence[tuple[Step, str]]) -> str:
+    """The label of one run's steps (each with its family), top to bottom: one line each, or,
+    past :data:`MAX_STEP_LINES`, one line per direction with the count and the range of ratios."""
+    if len(marked) <= MAX_STEP_LINES:
+        return "\n".join(f"{step.label} ({family})" for step, family in marked)
+    lines = []
+    for word, slower in (("faster", False), ("slower", True)):
+        factors = sorted(max(s.ratio, 1 / s.ratio) for s, _ in marked if (s.ratio > 1) == slower)
+        if factors:
+            lines.append(f"{len(factors)} {word}: x{factors[0]:.2f}-x{factors[-1]:.2f}")
+    return "\n".join(lines)
+
+
 def plot_history(history: MachineHistory, steps: Sequence[Step]) -> Figure | None:
     """The trend of every benchmark family across the runs of one CPU model: one panel per suite
     (stacked), one line per family (median milliseconds per instance, log scale, each panel scaled
@@ -507,12 +524,15 @@ def plot_history(history: MachineHistory, steps: Sequence[Step]) -> Figure | Non
                 ax.plot([x], [point.ms_per_instance], marker="o", markersize=13, markerfacecolor="none",
                         markeredgecolor="red", markeredgewidth=1.8, linestyle="none")
                 steps_at.setdefault(x, []).append((point.ms_per_instance,
-                                                   f"{step.label} ({family.removeprefix(f'{suite} ')})"))
+                                                   (step, family.removeprefix(f"{suite} "))))
         for x, marked in steps_at.items():
             marked.sort(reverse=True)  # top to bottom, as the rings
-            ax.annotate("\n".join(text for _, text in marked), (x, marked[0][0]),
-                        xytext=(9, -4), textcoords="offset points", color="red", fontsize=8,
-                        fontweight="bold", va="top",
+            # runs in the right third are labelled to their left, inside the axes; more than
+            # MAX_STEP_LINES steps in one run are summed up (docs/report/history.md lists each)
+            right_side = x < 2 * len(history.runs) / 3
+            ax.annotate(steps_label([step for _, step in marked]), (x, marked[0][0]),
+                        xytext=(9 if right_side else -9, -4), textcoords="offset points", color="red",
+                        fontsize=8, fontweight="bold", va="top", ha="left" if right_side else "right",
                         bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8))
         _mark_work_changes(ax, history, suite, index)
         lo, hi = min(values), max(values)

@@ -11,11 +11,9 @@ rows (each coalition's distinct rows, the ``"distinct"`` strategy, need 0.754).
 
 The rows' classes depend on the background row only through its pattern ``P_b``: background rows
 of one pattern (on Adult, an instance meets about 46 patterns among the 100 background rows) have
-their rows in the same order, which coalition reads which of them is worked out once per pattern,
-and a pattern's rows are summed over its background rows before its coalitions read the sums. So
-the work per coalition is per pattern, not per background row. The values are
-``v(S) = sum_P sum_(b in P) f(row(b, S & P)) / N``, over the patterns in order of first sight in
-each chunk and their background rows in order; a row's place is a function of the instance and
+their rows in the same order, so which coalition reads which of them is worked out once per
+pattern. The values are ``v(S) = sum_b f(row(b, S & P_b)) / N``, summed over ``b`` in order
+whatever the chunks, and a row's place in its chunk is a function of the instance and
 ``chunk_rows`` only, so an engine gives the same bits for an instance wherever it runs.
 
 A chunk holds consecutive background rows, each with its distinct rows in the order of their
@@ -158,26 +156,17 @@ def _accumulate(
     """:func:`accumulate` on checked arguments; the layout is checked here, as it is read."""
     n_out, width = outputs.shape
     pattern_of, row_base, pattern_rows = layout[0], layout[1], layout[2]
-    most = 0
-    for p in range(n_patterns):
-        most = max(most, pattern_rows[p])
-    pattern_total = np.empty((most, width))
-    for p in range(n_patterns):  # in order of first sight, each summed over its background rows in order
-        pattern_total[:] = 0.0
-        for row in range(n_background):
-            if pattern_of[row] == p:
-                base = row_base[row]
-                if base < 0 or base + pattern_rows[p] > n_out:
-                    raise IndexError("a background row's rows are outside the chunk's outputs")
-                for u in range(pattern_rows[p]):
-                    for o in range(width):
-                        pattern_total[u, o] += outputs[base + u, o]
+    for row in range(n_background):  # in background order, whatever the chunks
+        p = pattern_of[row]
+        base = row_base[row]
+        if p < 0 or p >= n_patterns or base < 0 or base + pattern_rows[p] > n_out:
+            raise IndexError("a background row's rows are outside the chunk's outputs")
         for s in range(index.shape[1]):
             u = index[p, s]
             if u < 0 or u >= pattern_rows[p]:
                 raise IndexError("a coalition's row is outside its pattern's rows")
             for o in range(width):
-                totals[s, o] += pattern_total[u, o]
+                totals[s, o] += outputs[base + u, o]
 
 
 def build_shared_rows(
@@ -236,10 +225,10 @@ def accumulate(
     outputs: np.ndarray, index: np.ndarray, layout: np.ndarray, n_background: int, n_patterns: int,
     totals: np.ndarray,
 ) -> None:
-    """Add the model's output on a chunk's rows to each coalition's total: per pattern (in order
-    of first sight), its rows summed over its background rows (in order), then read by each
-    coalition, ``totals[s] += sum_i outputs[layout[1, i] + index[p, s]]`` over the chunk's
-    background rows ``i`` of pattern ``p``.
+    """Add the model's output on a chunk's rows to each coalition's total, background row after
+    background row: ``totals[s] += outputs[layout[1, i] + index[layout[0, i], s]]`` for the chunk's
+    background rows ``i`` in order. Chunk after chunk, each total is then summed in background
+    order, whatever the chunks.
 
     ``outputs``: ``(R, K)`` float64; ``index``, ``layout``: as :func:`build_shared_rows` wrote them
     for a chunk of ``n_background`` background rows and ``n_patterns`` patterns; ``totals``:
