@@ -84,9 +84,9 @@ def test_a_remeasurement_with_paired_speedups_raises_no_alarm(noise):
 
 
 def _slowdowns_it_can_see() -> list[tuple[str, float]]:
-    """docs/compare.md, 5 rounds: 50% for a benchmark with paired serial rounds (its speedup is
-    judged), 70% for one judged on time alone (the serial baseline)."""
-    return [(b["fullname"], 1.5 if b["extra_info"].get("serial_rounds") and "[serial]" not in b["fullname"] else 1.7)
+    """docs/compare.md, 5 rounds: 60% for a benchmark with paired serial rounds (its speedup is
+    judged), 80% for one judged on time alone (the serial baseline)."""
+    return [(b["fullname"], 1.6 if b["extra_info"].get("serial_rounds") and "[serial]" not in b["fullname"] else 1.8)
             for b in json.loads(SMOKE_AMD.read_text())["benchmarks"]]
 
 
@@ -96,8 +96,8 @@ def test_a_slowdown_it_can_see_is_flagged_as_that_benchmark_and_no_other(noise, 
     assert power.only_target >= 0.95, power
 
 
-def test_with_three_rounds_it_sees_a_70_percent_slowdown(noise):
-    power = simulate(_run(SMOKE_AMD), noise, rounds=3, target=POOL_W2, slowdown=1.7, trials=TRIALS, seed=3)
+def test_with_three_rounds_it_sees_an_80_percent_slowdown(noise):
+    power = simulate(_run(SMOKE_AMD), noise, rounds=3, target=POOL_W2, slowdown=1.8, trials=TRIALS, seed=3)
     assert power.only_target >= 0.95 and power.clean >= 0.95, power
 
 
