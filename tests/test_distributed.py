@@ -129,9 +129,22 @@ def X(workload) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def serial(workload, engine_kwargs, X) -> np.ndarray:
+def serial_engine(workload, engine_kwargs) -> KernelShap:
+    return KernelShap(workload.predict_proba, **engine_kwargs)
+
+
+@pytest.fixture(scope="module")
+def serial(serial_engine, X) -> np.ndarray:
     """The serial engine's values: the ground truth, (67, 12, 2)."""
-    return KernelShap(workload.predict_proba, **engine_kwargs).explain(X)
+    return serial_engine.explain(X)
+
+
+@pytest.fixture(scope="module")
+def slow_kwargs(engine_kwargs, serial_engine) -> dict:
+    """``engine_kwargs`` with the serial engine's chunk size and row strategy, for a
+    :class:`SlowModel`: a wrapped model is calibrated on its own (a sleeping one favours other
+    chunks and strategies), and values are the same bits only for the same parameters."""
+    return dict(engine_kwargs, chunk_rows=serial_engine.chunk_rows_, row_strategy=serial_engine.row_strategy_)
 
 
 def assert_same(values: np.ndarray, serial: np.ndarray) -> None:
@@ -274,7 +287,7 @@ def test_serve_replicas_start_with_their_environment(workload, engine_kwargs, no
             assert {k: environ.get(k) for k in REPLICA_ENV_VARS} == REPLICA_ENV_VARS
 
 
-def test_pool_keeps_the_next_minibatch_queued_on_each_actor(monkeypatch, workload, engine_kwargs, X, serial,
+def test_pool_keeps_the_next_minibatch_queued_on_each_actor(monkeypatch, workload, slow_kwargs, X, serial,
                                                             no_leftovers):
     """Each actor gets ``TASKS_PER_ACTOR`` minibatches at once, never more unfinished."""
     from ray.util import ActorPool
@@ -301,7 +314,7 @@ def test_pool_keeps_the_next_minibatch_queued_on_each_actor(monkeypatch, workloa
             super().submit(send, value)
 
     monkeypatch.setattr(pool_backend, "ActorPool", WatchedPool)
-    explainer = DistributedKernelShap(SlowModel(workload.model, 0.01), **engine_kwargs, backend="pool",
+    explainer = DistributedKernelShap(SlowModel(workload.model, 0.01), **slow_kwargs, backend="pool",
                                       workers=2, batch_size=5, progress=False)
     assert_same(explainer.explain(X), serial)
     assert list(most.values()) == [pool_backend.TASKS_PER_ACTOR] * 2
@@ -464,8 +477,8 @@ def _running(process: psutil.Process) -> bool:
         return False
 
 
-def test_pool_survives_a_killed_actor(workload, engine_kwargs, X, serial, no_leftovers):
-    explainer = DistributedKernelShap(SlowModel(workload.model, 0.05), **engine_kwargs, backend="pool",
+def test_pool_survives_a_killed_actor(workload, slow_kwargs, X, serial, no_leftovers):
+    explainer = DistributedKernelShap(SlowModel(workload.model, 0.05), **slow_kwargs, backend="pool",
                                       workers=2, batch_size=4, progress=False)
     victim, box = _kill_mid_run(
         explainer, X,
@@ -475,10 +488,10 @@ def test_pool_survives_a_killed_actor(workload, engine_kwargs, X, serial, no_lef
     assert_same(box["values"], serial)
 
 
-def test_data_survives_a_killed_actor(workload, engine_kwargs, X, serial, no_leftovers):
+def test_data_survives_a_killed_actor(workload, slow_kwargs, X, serial, no_leftovers):
     """A Ray Data map actor killed mid-run (SIGKILL, as a crash): the pipeline is replaced
     and the minibatches that did not come back are sent again."""
-    explainer = DistributedKernelShap(SlowModel(workload.model, 0.05), **engine_kwargs, backend="data",
+    explainer = DistributedKernelShap(SlowModel(workload.model, 0.05), **slow_kwargs, backend="data",
                                       workers=2, batch_size=4, progress=False)
     _, box = _kill_mid_run(
         explainer, X,
@@ -501,7 +514,7 @@ def test_data_starts_a_pipeline_when_a_failed_restart_left_none(workload, engine
         assert workers._pipeline is not None
 
 
-def test_serve_survives_a_killed_replica(workload, engine_kwargs, X, serial, no_leftovers):
+def test_serve_survives_a_killed_replica(workload, slow_kwargs, X, serial, no_leftovers):
     """17 requests of 4 rows over 2 replicas; a replica dies holding at least two of them.
 
     Serve's router routes a request again itself when the replica died before replying that
@@ -509,7 +522,7 @@ def test_serve_survives_a_killed_replica(workload, engine_kwargs, X, serial, no_
     recovers a request depends on Serve's timing, so only the outcome is checked: every row,
     identical to serial.
     """
-    explainer = DistributedKernelShap(SlowModel(workload.model, 0.05), **engine_kwargs, backend="serve",
+    explainer = DistributedKernelShap(SlowModel(workload.model, 0.05), **slow_kwargs, backend="serve",
                                       serve_mode="default", workers=2, batch_size=4, progress=False)
     _, box = _kill_mid_run(
         explainer, X,
