@@ -635,7 +635,8 @@ class KernelShap:
             compile_kernels()  # before the clock: the first compilation on a machine takes seconds
         if "shared" in strategies:
             shared_rows.compile_kernels()
-        masks, rows = self._masks(plan, players), self._rows_of(plan, players)
+        masks = self._masks(plan, players)
+        rows = self._rows_of(plan, players) if "distinct" in strategies else None
         buffers: dict[int, _Buffers] = {}
 
         def buffer_for(size: int) -> _Buffers:  # made once per size, not once per timing
@@ -652,12 +653,12 @@ class KernelShap:
                 with _trusted_finite_inputs():
                     *_, n_background = self._shared_values(x, 0, masks, buffer_for(size), size, max_chunks=1)
                 return (time.perf_counter() - began) / (n_background * len(masks))
+            part = None
             if strategy == "distinct":
-                stop = int(np.searchsorted(rows.starts, size, side="right")) - 1
+                stop = max(1, min(len(masks), int(np.searchsorted(rows.starts, size, side="right")) - 1))
+                part = take(rows, np.arange(stop))
             else:
-                stop = size // len(self.background)
-            stop = max(1, min(len(masks), stop))
-            part = take(rows, np.arange(stop))
+                stop = max(1, min(len(masks), size // len(self.background)))
             buffer = buffer_for(size)
             began = time.perf_counter()
             with _trusted_finite_inputs():
