@@ -139,6 +139,9 @@ def test_backend(benchmark, request, backend_config, kernelshap_ray, workload, e
                                     before_round=explainer.before_round)
         finally:
             explainer.close()
+        naive_rows = len(instances) * serial_engine.nsamples_ * len(workload.background)
+        fields.update(naive_rows=naive_rows, row_strategy=serial_engine.row_strategy_,
+                      **explainer.counter_fields(naive_rows))
 
     stats = benchmark.stats.stats
     record = BenchmarkRecord(

@@ -77,6 +77,8 @@ def test_exact_all_instances(benchmark, request, mission_config, reuse, kernelsh
                                     iterations=1)
     finally:
         explainer.close()
+    naive_rows = len(X) * serial.nsamples_ * len(workload.background)
+    fields: dict = dict(naive_rows=naive_rows, **explainer.counter_fields(naive_rows))
 
     for i in range(0, len(X), SPOT_CHECK_EVERY):
         expected = serial.engine.explain(X[i], offset=i)
@@ -86,7 +88,6 @@ def test_exact_all_instances(benchmark, request, mission_config, reuse, kernelsh
 
     seconds = benchmark.stats.stats.mean
     _seconds[(config.id, reuse)] = seconds
-    fields: dict = {}
     if reuse and (config.id, False) in _seconds:
         fields["ratio_to_default_engine"] = seconds / _seconds[(config.id, False)]
     if workload.name == STUDY_WORKLOAD and len(X) == STUDY_INSTANCES:

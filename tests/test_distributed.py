@@ -6,6 +6,7 @@ workload with a sampled ``nsamples=200`` keeps each explain call short.
 """
 from __future__ import annotations
 
+import pickle
 import sys
 import threading
 import time
@@ -15,6 +16,8 @@ import psutil
 import pytest
 
 ray = pytest.importorskip("ray")
+
+from ray import cloudpickle  # noqa: E402
 
 from explainers.kernelshap.backends.common import (  # noqa: E402
     ExplanationError,
@@ -203,6 +206,11 @@ def test_backend_equals_serial(config, workload, engine_kwargs, X, serial, no_le
     values = explainer.explain(X, callback=count_worker_processes)
     assert_same(values, serial)
     assert worker_processes == [explainer.last_run["workers"]]
+    # the workers' models evaluated the rows the engine would here, each row once
+    local = pickle.loads(cloudpickle.dumps(explainer.engine))
+    local.explain(X)
+    assert explainer.model_rows_ == local.model_rows_ > 0 and explainer.reuse_stats is None
+    assert 1 <= len(explainer.last_run["worker_counters"]) <= explainer.last_run["workers"]
     assert np.allclose(explainer.expected_value, KernelShap(workload.predict_proba, **engine_kwargs).expected_value)
 
 

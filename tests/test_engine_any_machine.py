@@ -259,6 +259,30 @@ def test_every_backend_reuses_coalitions_and_is_identical_to_serial_at_any_calle
     assert reusing.engine.reuse_coalitions
     with reusing:
         assert np.abs(reusing.explain(X) - serial).max() <= 1e-12
+    # every worker reports its cache: summed over the two, hits, memory within the bound
+    assert explainer.reuse_stats is None and 1 <= len(reusing.last_run["worker_counters"]) <= 2
+    stats = reusing.reuse_stats
+    assert stats["hits"] > 0 and 0 < stats["bytes"] <= stats["max_bytes"] <= 2 * reusing.engine.reuse_cache_bytes
+    assert stats["hit_rate"] == stats["hits"] / (stats["hits"] + stats["misses"])
+    assert 0 < reusing.model_rows_ < explainer.model_rows_
+
+
+def test_a_worker_reports_the_counters_of_its_own_engine(ray_session, adult_workload):
+    """One pool actor explains the minibatches in order: its counters are those of a serial
+    engine explaining the same minibatches in the same order, exactly."""
+    w = adult_workload
+    X = w.X_explain[:30]
+    kwargs = dict(groups=w.groups, link="logit", nsamples=4094, reuse_coalitions=True)
+    serial = KernelShap(w.model.predict_proba, w.background, **kwargs)
+    for start in range(0, len(X), 5):
+        serial.explain(X[start:start + 5], offset=start)
+    explainer = DistributedKernelShap(w.model.predict_proba, w.background, backend="pool", workers=1,
+                                      batch_size=5, progress=False, **kwargs)
+    with explainer:
+        explainer.explain(X)
+    expected = {k: v for k, v in serial.reuse_stats.items() if k != "sizes_left_out"}
+    assert explainer.reuse_stats == expected
+    assert explainer.model_rows_ == serial.model_rows_ > 0
 
 
 def test_a_node_of_another_cpu_kernel_is_a_warning(ray_session, adult_workload):

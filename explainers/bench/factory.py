@@ -40,7 +40,7 @@ class FreshEachRound:
     def __init__(self, build: Callable[[], Any], reuse: bool) -> None:
         self.build, self.reuse = build, reuse
         self.current = build()
-        self._explained = False
+        self._calls = 0  # explain calls of the current explainer
 
     def start(self) -> None:
         """Start the current explainer's workers (before the clock, as the study did)."""
@@ -50,15 +50,30 @@ class FreshEachRound:
 
     def before_round(self) -> None:
         """With reuse, once the current explainer has explained: close it, build and start another."""
-        if self.reuse and self._explained:
+        if self.reuse and self._calls:
             close_explainer(self.current)
             self.current = self.build()
-            self._explained = False
+            self._calls = 0
             self.start()
 
     def explain(self, X: Any) -> Any:
-        self._explained = True
+        self._calls += 1
         return self.current.explain(X)
+
+    def counter_fields(self, naive_rows: int) -> dict[str, float]:
+        """Record fields from the current explainer's workers, per call: ``model_rows_per_naive``
+        (the rows the models evaluated / ``naive_rows``, the call's coalitions x background rows)
+        and, with reuse, ``reuse_hit_rate`` and ``reuse_cache_mb`` (their caches summed). Without
+        reuse one set of workers explains every round, and each round evaluates the same rows.
+        Empty for an explainer whose workers count nothing (the plain processes)."""
+        rows = getattr(self.current, "model_rows_", None)
+        if not rows or not self._calls or not naive_rows:
+            return {}
+        out = {"model_rows_per_naive": rows / self._calls / naive_rows}
+        stats = getattr(self.current, "reuse_stats", None)
+        if stats is not None:
+            out.update(reuse_hit_rate=stats["hit_rate"], reuse_cache_mb=stats["bytes"] / 2**20)
+        return out
 
     def close(self) -> None:
         close_explainer(self.current)

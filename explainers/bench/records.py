@@ -137,21 +137,21 @@ class BenchmarkRecord:
     reuse_coalitions: bool | None = _f("bool", "engine, mission, scaling, backends: coalition values reused across instances")
     peak_memory_mb: float | None = _f("float", "engine: peak traced memory of one explain, MiB")
     chunk_rows: int | None = _f("int", "engine, mission: the chunk size chosen on this CPU", minimum=1)
-    row_strategy: str | None = _f("str", "engine, mission: shared, distinct or dense rows", allowed=ROW_STRATEGIES)
+    row_strategy: str | None = _f("str", "engine, mission, backends: shared, distinct or dense rows", allowed=ROW_STRATEGIES)
     chunk_calibration_s: float | None = _f("float", "engine: seconds the chunk choice took")
     cpu_kernel: str | None = _f("str", "engine, mission: the CPU kernel the engine was built on")
-    naive_rows: int | None = _f("int", "engine: synthetic rows per instance, coalitions x background", minimum=1)
-    distinct_rows: int | None = _f("int", "engine: each coalition's distinct synthetic rows, per instance", minimum=0)
+    naive_rows: int | None = _f("int", "engine, mission, backends: synthetic rows of all the instances, coalitions x background", minimum=1)
+    distinct_rows: int | None = _f("int", "engine: each coalition's distinct synthetic rows, summed over the instances", minimum=0)
     shared_rows: int | None = _f("int", "engine: each instance's distinct synthetic rows (its coalitions share them), "
-                                 "per instance", minimum=0)
+                                 "summed over the instances", minimum=0)
     distinct_rows_per_naive: float | None = _f("float", "engine: distinct / naive rows",
                                                derived_from="distinct_rows / naive_rows")
     model_rows_per_naive: float | None = _f(
-        "float", "engine: rows the model evaluated / naive rows",
+        "float", "engine, mission, backends: rows the model evaluated (by the workers, counted there) / naive rows",
         derived_from="(shared_rows, distinct_rows or naive_rows, by row_strategy) / naive_rows "
                      "x (1 - reuse_hit_rate with reuse, where not counted)")
-    reuse_hit_rate: float | None = _f("float", "engine, reuse: share of coalition values found in the cache")
-    reuse_cache_mb: float | None = _f("float", "engine, reuse: the cache's size, MiB")
+    reuse_hit_rate: float | None = _f("float", "engine, mission, backends, reuse: share of coalition values found in the cache (the workers' caches summed)")
+    reuse_cache_mb: float | None = _f("float", "engine, mission, backends, reuse: the cache's size, MiB (the workers' caches summed)")
     ratio_to_default_engine: float | None = _f(
         "float", "engine, reuse: time / the default engine's, median of paired rounds; mission, reuse: "
         "time / the default engine's benchmark", derived_from=f"engine: {_PAIRED_ROUNDS}; mission: {_OTHER_BENCHMARKS}")

@@ -28,6 +28,7 @@ from explainers.kernelshap.backends.common import (
     PlacementError,
     WorkerLostError,
     WorkerStartError,
+    total_counters,
 )
 from explainers.kernelshap.coalition_cache import DEFAULT_REUSE_CACHE_BYTES
 from explainers.kernelshap.engine import DEFAULT_MAX_PLAN_BYTES, KernelShap
@@ -170,7 +171,9 @@ class DistributedKernelShap:
         self._cpu_kernels: dict[str, str] = {}
         #: facts of the last ``explain`` call: backend, serve_mode, workers (used), batch_size,
         #: n_instances, seconds (on ready workers), total_seconds (with worker start/stop),
-        #: resent (Serve: requests re-sent after a replica died)
+        #: resent (Serve: requests re-sent after a replica died), and the workers' counters
+        #: since each started: worker_counters (actor id -> model_rows, hits, misses, entries,
+        #: bytes, max_bytes, full), model_rows and reuse (:attr:`reuse_stats`) summed over them
         self.last_run: dict[str, Any] = {}
 
     # -- properties mirrored from the engine ---------------------------------
@@ -196,6 +199,19 @@ class DistributedKernelShap:
     @property
     def exact(self) -> bool:
         return self.engine.exact
+
+    @property
+    def model_rows_(self) -> int:
+        """Synthetic rows the workers' models evaluated, summed over the workers of the last
+        ``explain``, each since it started (with ``start()``, over every call since)."""
+        return int(self.last_run.get("model_rows", 0))
+
+    @property
+    def reuse_stats(self) -> dict[str, Any] | None:
+        """With ``reuse_coalitions``: the workers' caches as of the last ``explain``, summed:
+        hits, misses, hit_rate, entries, bytes, max_bytes, and full if any is; else None.
+        A worker's cache lives as long as the worker, so the counts are since it started."""
+        return self.last_run.get("reuse")
 
     # -- setup ----------------------------------------------------------------
     def _check_serialisable(self) -> None:
@@ -371,6 +387,7 @@ class DistributedKernelShap:
             t0 = time.perf_counter()
             info = workers.explain(X, assembler)
             values = assembler.result()
+        per_worker = assembler.worker_counters()
         self.last_run = {
             "backend": self.backend,
             "serve_mode": self.serve_mode if self.backend == "serve" else None,
@@ -379,6 +396,8 @@ class DistributedKernelShap:
             "n_instances": len(X),
             "seconds": time.perf_counter() - t0,
             "cpu_kernels": dict(self._cpu_kernels),
+            "worker_counters": per_worker,
+            **total_counters(per_worker, self.engine.reuse_coalitions),
             **(info or {}),
         }
         return values

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -268,14 +268,67 @@ def explain_indexed(engine: Any, indices: Sequence[int], X: np.ndarray) -> np.nd
     return out
 
 
+#: the counters every worker returns with each minibatch's values, as one float64 vector: its
+#: engine's model rows and, with ``reuse_coalitions``, its coalition cache's (zeros without)
+WORKER_COUNTERS = ("model_rows", "hits", "misses", "entries", "bytes", "max_bytes", "full")
+
+
+def engine_counters(engine: Any) -> np.ndarray:
+    """``(len(WORKER_COUNTERS),)`` float64: ``engine.model_rows_`` and its ``reuse_stats``
+    (``full`` as 1.0 / 0.0), all since the engine (the worker) was made."""
+    reuse = engine.reuse_stats or {}
+    return np.array([engine.model_rows_] + [float(reuse.get(name, 0)) for name in WORKER_COUNTERS[1:]])
+
+
+def worker_id() -> str:
+    """This worker's Ray actor id (pool actor, Serve replica or Ray Data map actor)."""
+    import ray
+
+    return ray.get_runtime_context().get_actor_id() or ""
+
+
+def total_counters(per_worker: dict[str, dict[str, float]], reuse: bool) -> dict[str, Any]:
+    """The workers' counters summed: ``model_rows`` and, if ``reuse``, ``reuse`` = hits, misses,
+    hit_rate, entries, bytes, max_bytes (each summed over the caches) and full (any of them);
+    ``reuse`` is None otherwise."""
+    summed = {name: sum(c[name] for c in per_worker.values()) for name in WORKER_COUNTERS}
+    out: dict[str, Any] = {"model_rows": int(summed["model_rows"]), "reuse": None}
+    if reuse:
+        looked = summed["hits"] + summed["misses"]
+        out["reuse"] = dict(
+            hits=int(summed["hits"]), misses=int(summed["misses"]),
+            hit_rate=summed["hits"] / looked if looked else 0.0, entries=int(summed["entries"]),
+            bytes=int(summed["bytes"]), max_bytes=int(summed["max_bytes"]),
+            full=any(c["full"] for c in per_worker.values()),
+        )
+    return out
+
+
 @dataclass
 class Assembler:
-    """Collects per-minibatch results into one ``(n, ...)`` array, in row order."""
+    """Collects per-minibatch results into one ``(n, ...)`` array, in row order, and each
+    worker's newest counters (:data:`WORKER_COUNTERS`)."""
 
     n: int
     progress: Callable[[int], None] | None = None
     _out: np.ndarray | None = None
     _seen: np.ndarray | None = None
+    _counters: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def count(self, worker: str, counters: np.ndarray) -> None:
+        """Keep ``worker``'s counters if they are its newest: they only grow while it lives,
+        so of two the one with more rows evaluated and values looked up is the later."""
+        counters = np.asarray(counters, dtype=np.float64)
+        if counters.shape != (len(WORKER_COUNTERS),):
+            raise RuntimeError(f"a worker returned counters of shape {counters.shape}, "
+                               f"not ({len(WORKER_COUNTERS)},)")
+        old = self._counters.get(worker)
+        if old is None or counters[:3].sum() >= old[:3].sum():
+            self._counters[worker] = counters
+
+    def worker_counters(self) -> dict[str, dict[str, float]]:
+        """Worker id -> its newest counters by name."""
+        return {w: dict(zip(WORKER_COUNTERS, c.tolist())) for w, c in self._counters.items()}
 
     def put(self, indices: Iterable[int] | slice, values: np.ndarray) -> None:
         values = np.asarray(values)

@@ -41,16 +41,19 @@ import ray
 
 from explainers.kernelshap.backends import common
 from explainers.kernelshap.backends.common import (
+    WORKER_COUNTERS,
     Assembler,
     BackendConfig,
     ExplanationError,
     actor_error_text,
     could_place,
+    engine_counters,
     explain_range,
     limit_blas_threads,
     minibatches,
     placement_error,
     start_error,
+    worker_id,
 )
 
 #: once placed, how long the map actors may take to start (see ``placement_timeout_s``)
@@ -213,15 +216,18 @@ class KernelShapDataWorker:
     def __init__(self, engine_box: list, num_cpus: float) -> None:
         self._limits = limit_blas_threads(num_cpus)
         self.engine = ray.get(engine_box[0])
+        self.worker = worker_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``{"call": (k,), "start": (k,), "x": (k, b, D)}`` -> ``values`` (k, b, M[, K]) and
+        """``{"call": (k,), "start": (k,), "x": (k, b, D)}`` -> ``values`` (k, b, M[, K]),
         ``error`` (k,) str, empty where it worked (not an object array: Ray Data pickles those
-        element by element, about 1 ms per block each way)."""
+        element by element, about 1 ms per block each way), ``worker`` (k,) str, this actor's
+        id, and ``counters`` (k, len(WORKER_COUNTERS)), its engine's counters after each."""
         if batch["call"].tolist() == [IDLE]:  # a heartbeat: passed on as it is
             return {"call": batch["call"], "start": batch["start"], "values": np.zeros((1, 1, 1)),
-                    "error": np.array([""])}
-        values, errors = [], []
+                    "error": np.array([""]), "worker": np.array([""]),
+                    "counters": np.zeros((1, len(WORKER_COUNTERS)))}
+        values, errors, counters = [], [], []
         for start, x in zip(batch["start"].tolist(), batch["x"]):
             x = np.asarray(x)
             try:
@@ -233,8 +239,10 @@ class KernelShapDataWorker:
                 shape = (len(x), self.engine.n_groups) + np.shape(self.engine.expected_value)
                 values.append(np.zeros(shape))
                 errors.append(exc.cause_text)
+            counters.append(engine_counters(self.engine))
         return {"call": batch["call"], "start": batch["start"], "values": np.stack(values),
-                "error": np.array(errors)}
+                "error": np.array(errors), "worker": np.array([self.worker] * len(values)),
+                "counters": np.stack(counters)}
 
 
 class Workers:
@@ -280,13 +288,15 @@ class Workers:
         while todo:
             kind, payload = pipeline.outputs.get()  # the iterating thread always ends with "stopped"
             if kind == "batch":
-                for c, start, values, error in zip(payload["call"].tolist(), payload["start"].tolist(),
-                                                   payload["values"], payload["error"]):
+                for c, start, values, error, worker, counters in zip(
+                        payload["call"].tolist(), payload["start"].tolist(), payload["values"], payload["error"],
+                        payload["worker"].tolist(), payload["counters"]):
                     if c != call or start not in todo:
                         continue  # a heartbeat, an earlier failed call's, or a minibatch sent twice
                     if error:
                         raise ExplanationError(range(start, todo[start]), str(error))
                     assembler.put(slice(start, todo.pop(start)), values)
+                    assembler.count(worker, counters)
                 continue
             # the pipeline stopped (payload: its exception, or None if it ended)
             if restarts >= config.max_retries:

@@ -23,6 +23,7 @@ from explainers.kernelshap.backends.common import (
     actor_error_text,
     actor_pid,
     could_place,
+    engine_counters,
     explain_range,
     find_explanation_error,
     is_worker_death,
@@ -30,6 +31,7 @@ from explainers.kernelshap.backends.common import (
     minibatches,
     placement_error,
     start_error,
+    worker_id,
 )
 
 
@@ -43,10 +45,13 @@ class KernelShapPoolWorker:
     def __init__(self, engine_box: list, num_cpus: float) -> None:
         self._limits = limit_blas_threads(num_cpus)
         self.engine = ray.get(engine_box[0])
+        self.worker = worker_id()
 
-    def explain(self, start: int, X: np.ndarray) -> tuple[int, np.ndarray]:
-        """Explain rows ``X`` (b, D) as instances ``start .. start+b-1``; returns (start, values)."""
-        return start, explain_range(self.engine, X, start)
+    def explain(self, start: int, X: np.ndarray) -> tuple[int, np.ndarray, str, np.ndarray]:
+        """Explain rows ``X`` (b, D) as instances ``start .. start+b-1``; returns (start, values,
+        this actor's id, its engine's counters)."""
+        values = explain_range(self.engine, X, start)
+        return start, values, self.worker, engine_counters(self.engine)
 
     def ready(self) -> bool:
         return True
@@ -118,7 +123,7 @@ class Workers:
         unplaced_since: dict[int, float] = {}
         while pool.has_next():
             try:
-                start, values = pool.get_next_unordered(timeout=config.placement_timeout_s)
+                start, values, worker, counters = pool.get_next_unordered(timeout=config.placement_timeout_s)
             except TimeoutError:
                 self._check_placed(unplaced_since)
                 continue
@@ -130,6 +135,7 @@ class Workers:
                     raise self._death_error(exc) from exc
                 raise
             assembler.put(slice(start, start + len(values)), values)
+            assembler.count(worker, counters)
         return {}
 
     def _check_placed(self, unplaced_since: dict[int, float]) -> None:

@@ -27,6 +27,7 @@ from explainers.kernelshap.backends.common import (
     WorkerLostError,
     actor_error_text,
     could_place,
+    engine_counters,
     explain_indexed,
     explain_range,
     find_explanation_error,
@@ -36,6 +37,7 @@ from explainers.kernelshap.backends.common import (
     placement_error,
     root_cause,
     start_error,
+    worker_id,
 )
 from explainers.kernelshap.backends.serve_router import ROUTER_PATH
 
@@ -85,6 +87,7 @@ class KernelShapReplica:
     def __init__(self, engine_box: list, num_cpus: float, max_batch_size: int) -> None:
         self._limits = limit_blas_threads(num_cpus)
         self.engine = ray.get(engine_box[0])
+        self.worker = worker_id()
         self.explain_instance.set_max_batch_size(max_batch_size)
         # one explanation at a time, in the order requests arrived (asyncio.Lock is FIFO):
         # the replica has one CPU share, two engines interleaving on the GIL are slower than
@@ -92,14 +95,19 @@ class KernelShapReplica:
         self._busy = asyncio.Lock()
 
     @serve.batch(max_batch_size=10, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
-    async def explain_instance(self, indices: list[int], rows: list[np.ndarray]) -> list[np.ndarray]:
-        """``serve_mode="ray"``: a batch of single instances -> their (M,) / (M, K) values."""
+    async def explain_instance(self, indices: list[int], rows: list[np.ndarray]
+                               ) -> list[tuple[np.ndarray, str, np.ndarray]]:
+        """``serve_mode="ray"``: a batch of single instances -> per instance its (M,) / (M, K)
+        values, this replica's actor id and its engine's counters after the batch."""
         values = await self._in_turn(explain_indexed, self.engine, indices, np.stack(rows))
-        return list(values)
+        counters = engine_counters(self.engine)
+        return [(v, self.worker, counters) for v in values]
 
-    async def explain_range(self, start: int, X: np.ndarray) -> np.ndarray:
-        """``serve_mode="default"``: rows ``X`` (b, D) as instances ``start .. start+b-1``."""
-        return await self._in_turn(explain_range, self.engine, X, start)
+    async def explain_range(self, start: int, X: np.ndarray) -> tuple[np.ndarray, str, np.ndarray]:
+        """``serve_mode="default"``: rows ``X`` (b, D) as instances ``start .. start+b-1`` ->
+        their values, this replica's actor id and its engine's counters."""
+        values = await self._in_turn(explain_range, self.engine, X, start)
+        return values, self.worker, engine_counters(self.engine)
 
     async def replica_id(self) -> str:
         """Which replica answered (see :func:`wait_routable`)."""
@@ -243,7 +251,7 @@ class Workers:
                 return method.remote(i, X[i])
 
             def place(i: int, value: np.ndarray) -> None:
-                assembler.put([i], value[None])
+                assembler.put([i], np.asarray(value)[None])
         else:
             method = self.handle.options(method_name="explain_range", **options)
             items = minibatches(len(X), config.batch_size)
@@ -252,9 +260,14 @@ class Workers:
                 return method.remote(b[0], X[b[0]:b[1]])
 
             def place(b: tuple[int, int], value: np.ndarray) -> None:
-                assembler.put(slice(b[0], b[1]), value)
+                assembler.put(slice(b[0], b[1]), np.asarray(value))
 
-        return {"resent": _collect(items, send, place, config.max_retries)}
+        def take(item: Any, response: tuple[np.ndarray, str, np.ndarray]) -> None:
+            value, worker, counters = response
+            place(item, value)
+            assembler.count(worker, counters)
+
+        return {"resent": _collect(items, send, take, config.max_retries)}
 
     def wait_ready(self) -> None:
         """Nothing more to wait for: the constructor waited until the handle reaches every replica."""
@@ -274,8 +287,9 @@ class Workers:
             pass
 
 
-def _collect(items: list[Any], send: Any, place: Any, max_retries: int) -> int:
-    """Send every item, gather the responses, re-send the ones a dead replica lost.
+def _collect(items: list[Any], send: Any, take: Any, max_retries: int) -> int:
+    """Send every item, hand each response to ``take(item, response)``, re-send the ones a
+    dead replica lost.
 
     Returns how many requests were re-sent.
     """
@@ -296,7 +310,7 @@ def _collect(items: list[Any], send: Any, place: Any, max_retries: int) -> int:
                 lost.append(k)
                 last_death = exc
                 continue
-            place(items[k], np.asarray(value))
+            take(items[k], value)
         if not lost:
             return resent
         if attempt == max_retries:
