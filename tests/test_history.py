@@ -254,3 +254,25 @@ def test_many_steps_of_one_run_share_a_summed_up_label():
     assert steps_label([step(0.5), step(2.0)]).splitlines() == ["unused (pool)", "unused (pool)"]
     text = steps_label([step(1 / 3.0), step(0.5), step(1 / 2.5), step(1.6)])
     assert text.splitlines() == ["3 faster: x2.00-x3.00", "1 slower: x1.60-x1.60"]
+
+
+def test_step_labels_of_neighbouring_runs_do_not_overlap(tmp_path):
+    """Every run steps (two families x1.6 slower than the run before): the labels of neighbouring
+    runs sit side by side, each a little above the last, and are moved apart."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    for i in range(1, 13):
+        run = _run(ALL_MET, when=f"2026-12-{i:02d}T00:00:00", commit=f"c{i:02d}abcde")
+        for label in ("pool", "data"):
+            _timed(run, 1.6 ** i, label)
+        _save(tmp_path / "m", f"{i:04d}_c{i}.json", run)
+    runs = read_runs(tmp_path / "m")
+    (history,) = machine_histories(runs)
+    fig = plot_history(history, history_steps(runs))
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.texts if t.get_color() == "red"]
+        assert len(boxes) >= 10
+        overlapping = [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+        assert not overlapping, f"{ax.get_title(loc='left')}: labels {overlapping} overlap"

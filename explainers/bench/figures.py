@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from explainers.bench.grid import SERIAL
@@ -503,6 +504,7 @@ def plot_history(history: MachineHistory, steps: Sequence[Step]) -> Figure | Non
     mine = {(s.family, s.run): s for s in steps if s.cpu == history.cpu}
     fig = Figure(figsize=(max(9.0, 0.5 * len(history.runs) + 5.0), 3.0 * len(suites) + 1.2), layout="constrained")
     axes = fig.subplots(len(suites), 1, squeeze=False)[:, 0]
+    step_labels: list[list[Any]] = []  # per panel, left to right
     for ax, suite in zip(axes, suites):
         families = history.families(suite)
         values = []
@@ -525,15 +527,18 @@ def plot_history(history: MachineHistory, steps: Sequence[Step]) -> Figure | Non
                         markeredgecolor="red", markeredgewidth=1.8, linestyle="none")
                 steps_at.setdefault(x, []).append((point.ms_per_instance,
                                                    (step, family.removeprefix(f"{suite} "))))
-        for x, marked in steps_at.items():
+        labels = []
+        for x, marked in sorted(steps_at.items()):
             marked.sort(reverse=True)  # top to bottom, as the rings
             # runs in the right third are labelled to their left, inside the axes; more than
             # MAX_STEP_LINES steps in one run are summed up (docs/report/history.md lists each)
             right_side = x < 2 * len(history.runs) / 3
-            ax.annotate(steps_label([step for _, step in marked]), (x, marked[0][0]),
-                        xytext=(9 if right_side else -9, -4), textcoords="offset points", color="red",
-                        fontsize=8, fontweight="bold", va="top", ha="left" if right_side else "right",
-                        bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8))
+            labels.append(ax.annotate(
+                steps_label([step for _, step in marked]), (x, marked[0][0]),
+                xytext=(9 if right_side else -9, -4), textcoords="offset points", color="red",
+                fontsize=8, fontweight="bold", va="top", ha="left" if right_side else "right",
+                bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8)))
+        step_labels.append(labels)
         _mark_work_changes(ax, history, suite, index)
         lo, hi = min(values), max(values)
         ax.set_yscale("log")
@@ -552,4 +557,50 @@ def plot_history(history: MachineHistory, steps: Sequence[Step]) -> Figure | Non
     fig.suptitle(f"History on {history.cpu}: every benchmark family, run by run\n"
                  "(x: run number over commit; y: median of the family's median rounds)\n"
                  f"red rings: steps, median time x{STEP_FACTOR:g} or more either way from the run before, same work")
+    separate_labels(fig, step_labels)
     return fig
+
+
+#: half the size of a step's ring, in pixels, for :func:`separate_labels`
+RING_PX = 9.0
+
+
+def separate_labels(fig: Figure, groups: Sequence[Sequence[Any]], gap_px: float = 2.0,
+                    max_shifts: int = 8) -> None:
+    """Place labels (annotations with offsets in points) so that none of a group overlaps an
+    earlier one of its group, nor a ring of the points they label, as the figure lays them out
+    (neighbouring runs' steps sit side by side): each keeps its place if it can, else goes to the other side of its point, else the
+    least number of its own heights down or up (either side), inside its axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not any(groups):
+        return
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    renderer = canvas.get_renderer()
+    fig.draw(renderer)  # the constrained layout places the axes
+    points_per_px = 72.0 / fig.dpi
+    flipped = {"left": "right", "right": "left", "center": "center"}
+    for labels in groups:
+        # the rings the labels point at are in the way too
+        placed: list[Any] = []
+        for label in labels:
+            x, y = label.axes.transData.transform(label.xy)
+            placed.append(Bbox.from_extents(x - RING_PX, y - RING_PX, x + RING_PX, y + RING_PX))
+        for label in labels:
+            (dx, dy), ha = label.xyann, label.get_ha()
+            frame = label.axes.get_window_extent(renderer)
+            step = (label.get_window_extent(renderer).height + gap_px) * points_per_px
+            tries = [(0, side) for side in (1, -1)] + [(sign * k, side) for k in range(1, max_shifts + 1)
+                                                      for side in (1, -1) for sign in (-1, 1)]
+            for shift, side in tries:
+                label.xyann = (dx * side, dy + shift * step)
+                label.set_ha(ha if side == 1 else flipped[ha])
+                box = label.get_window_extent(renderer)
+                inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+                if inside and not any(box.overlaps(b) for b in placed):
+                    break
+            else:  # nowhere free: where it was
+                label.xyann, box = (dx, dy), None
+                label.set_ha(ha)
+                box = label.get_window_extent(renderer)
+            placed.append(box)
