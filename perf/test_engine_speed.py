@@ -1,6 +1,8 @@
 """The serial engine against shap and against the floor, on the session's workload.
 
-Options: ``--workload``, ``--n-instances``, ``--nsamples`` (the sampled mode's budget), ``--nruns``
+Options: ``--workload``, ``--n-instances`` (by default ``ENGINE_N_INSTANCES``, fewer than the
+other suites explain: shap and the all-rows floor take 50-200x the engine's time), ``--nsamples``
+(the sampled mode's budget), ``--nruns``
 (rounds of every benchmark). Fixed: the serial engine on one CPU (``--backends``, ``--workers``
 and ``--batch-sizes`` do not apply); two modes, ``sampled`` (``--nsamples``) and ``exact`` (all
 ``2**M - 2`` coalitions; skipped above ``EXACT_MAX_PLAYERS`` players).
@@ -30,6 +32,7 @@ from threadpoolctl import threadpool_limits
 
 from explainers.bench.factory import REUSE_TOLERANCE
 from explainers.bench.grid import EXACT_MAX_PLAYERS, exact_nsamples
+from explainers.bench.options import ENGINE_N_INSTANCES
 from explainers.bench.pairing import TimedRounds, paired_ratio
 from explainers.bench.records import BenchmarkRecord
 from explainers.kernelshap.coalitions import full_plan, sampled_plan
@@ -42,6 +45,12 @@ FLOOR_DISTINCT = 2
 
 #: per mode, shap's time / the engine's, from shap's rounds paired with the engine's
 _speedup_vs_shap: dict[str, float | None] = {}
+
+
+@pytest.fixture(scope="module")
+def explain_instances(kernelshap_ray) -> np.ndarray:
+    """This suite's instances: the first ``--n-instances`` rows, by default ``ENGINE_N_INSTANCES``."""
+    return kernelshap_ray.explain_instances(ENGINE_N_INSTANCES)
 
 
 def _engine(explainer_factory, mode: str, **kwargs) -> KernelShap:

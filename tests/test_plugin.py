@@ -139,7 +139,8 @@ def test_defaults(pytester):
         "local 1 None [] [1, 5, 10] ['pool', 'serve', 'data'] ['ray', 'default'] None auto 3 None "
         "default kernelshap False None None"
     )
-    assert "n_instances=40 " in result.stdout.str()  # None: the default, 40 (all with --study)
+    # None: the defaults, 240 and the engine suite's 40 (all with --study)
+    assert "n_instances=240 (engine suite 40) " in result.stdout.str()
 
 
 def test_ini_twins_and_command_line_precedence(pytester):

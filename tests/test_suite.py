@@ -88,7 +88,7 @@ def test_reuse_coalitions_is_a_dimension_of_the_scaling_and_backends_grids(perf_
 PRINT = """
 def test_options(kernelshap_ray):
     o = kernelshap_ray.options
-    print("\\nOPTIONS", kernelshap_ray.n_instances, list(o.batch_sizes), kernelshap_ray.workers(), o.nruns,
+    print("\\nOPTIONS", kernelshap_ray.n_instances(), list(o.batch_sizes), kernelshap_ray.workers(), o.nruns,
           o.progress, o.study)
 """
 

@@ -23,9 +23,14 @@ GROUP_NAME = "kernelshap-ray"
 GROUP_DESCRIPTION = "distributed-kernelshap: Ray cluster, workload and benchmark grid"
 
 DEFAULT_BATCH_SIZES = (1, 5, 10)
-#: instances explained per benchmark by default: a multiple of 2 workers x batch 10, so every
-#: default configuration is balanced; ``--study`` explains all of the workload's (Adult: 2560)
-DEFAULT_N_INSTANCES = 40
+#: instances explained per benchmark by default: a multiple of 2, 4 and 8 workers x batch 10, so
+#: every default configuration is balanced, and enough work that a round of the distributed
+#: suites is mostly explaining rather than Ray's fixed costs per call; ``--study`` explains all
+#: of the workload's (Adult: 2560)
+DEFAULT_N_INSTANCES = 240
+#: the default of perf/test_engine_speed.py, which times shap and the model on every naive row
+#: beside the engine (each 50-200x its time): there, the instances a round explains
+ENGINE_N_INSTANCES = 40
 DEFAULT_NRUNS = 3
 #: the study's protocol (``--study``): timed rounds per configuration and its batch sizes
 STUDY_NRUNS = 5
@@ -83,8 +88,8 @@ OPTIONS: tuple[_Opt, ...] = (
          "both (every configuration twice); perf/test_engine_speed.py and perf/test_mission.py always time both",
          metavar="off|on|both"),
     _Opt("--n-instances", "kernelshap_n_instances",
-         f"instances of the workload explained per benchmark (default {DEFAULT_N_INSTANCES}; "
-         "--study: all of them, 2560 for Adult)", metavar="N"),
+         f"instances of the workload explained per benchmark (default {DEFAULT_N_INSTANCES}, "
+         f"perf/test_engine_speed.py {ENGINE_N_INSTANCES}; --study: all of them, 2560 for Adult)", metavar="N"),
     _Opt("--nsamples", "kernelshap_nsamples",
          "coalitions per instance: 'auto' (2 M + 2048 = 2072) or an int >= 2 (default auto)", metavar="N"),
     _Opt("--nruns", "kernelshap_nruns",

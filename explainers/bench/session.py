@@ -23,7 +23,7 @@ from explainers.bench.grid import (
     scaling_grid,
     study_workers,
 )
-from explainers.bench.options import DEFAULT_N_INSTANCES, PluginOptions
+from explainers.bench.options import DEFAULT_N_INSTANCES, ENGINE_N_INSTANCES, PluginOptions
 from explainers.bench.records import BenchmarkRecord, gate_failures
 from explainers.cluster.session import ClusterSession, ray_version
 from explainers.workloads.workload import DEFAULT_WORKLOAD, Workload, WorkloadError, check_instances, load_workload
@@ -75,19 +75,19 @@ class KernelShapRaySession:
         return self._workload.name if self._workload is not None else (
             "adult" if self.options.workload == DEFAULT_WORKLOAD else self.workload().name)
 
-    @property
-    def n_instances(self) -> int:
-        """``--n-instances``, else all of the workload's with ``--study``, else the default."""
+    def n_instances(self, default: int = DEFAULT_N_INSTANCES) -> int:
+        """``--n-instances``, else all of the workload's with ``--study``, else ``default``
+        (a suite's own: :data:`DEFAULT_N_INSTANCES`, or :data:`ENGINE_N_INSTANCES`)."""
         if self.options.n_instances is not None:
             return self.options.n_instances
         if self.options.study:
             return len(self.workload().X)
-        return DEFAULT_N_INSTANCES
+        return default
 
-    def explain_instances(self) -> np.ndarray:
-        """The first :attr:`n_instances` rows of the workload's ``X``: ``(n, D)`` float64."""
+    def explain_instances(self, default: int = DEFAULT_N_INSTANCES) -> np.ndarray:
+        """The first :meth:`n_instances` rows of the workload's ``X``: ``(n, D)`` float64."""
         X = self.workload().X
-        n = self.n_instances
+        n = self.n_instances(default)
         if n > len(X):
             raise pytest.UsageError(
                 f"--n-instances {n} is not allowed: workload {self.workload_name!r} has {len(X)} instances")
@@ -227,7 +227,8 @@ class KernelShapRaySession:
                      f"CPUs per node {info['cpus_per_node']}, {info['total_cpus']} CPUs)")
         else:
             where += "; connected when a test needs the cluster"
-        n = opts.n_instances if opts.n_instances is not None else ("all" if opts.study else DEFAULT_N_INSTANCES)
+        n = opts.n_instances if opts.n_instances is not None else (
+            "all" if opts.study else f"{DEFAULT_N_INSTANCES} (engine suite {ENGINE_N_INSTANCES})")
         if opts.workers:
             workers = ",".join(map(str, opts.workers))
         else:
