@@ -6,7 +6,6 @@ of the second shipped workload (breast cancer), in a subprocess, and checks ever
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
