@@ -316,7 +316,8 @@ def test_the_engine_counts_the_rows_it_gives_the_model(adult_workload):
 
 
 def test_shared_values_do_not_depend_on_the_chunk_size_bitwise(adult_workload):
-    """Each coalition's total is summed in background order whatever the chunks. With a model
+    """Each coalition's total is summed pattern by pattern whatever the chunks (4096 rows: several
+    chunks per instance, 65536: one). With a model
     whose output for a row does not depend on the rows beside it (a row-wise sum; a BLAS model's
     can, which is why values are a function of ``chunk_rows_``), 4096- and 65536-row chunks give
     the same bits."""
@@ -330,3 +331,23 @@ def test_shared_values_do_not_depend_on_the_chunk_size_bitwise(adult_workload):
     small, large = (KernelShap(row_wise, w.background, groups=w.groups, nsamples=4094, row_strategy="shared",
                                chunk_rows=rows) for rows in (4096, 65536))
     assert np.array_equal(small.explain(X), large.explain(X))
+
+
+def test_totals_too_large_to_sum_by_pattern_are_summed_in_background_order(adult_workload, monkeypatch):
+    """Where an instance's patterns could take more than PATTERN_BYTES, the totals are summed over
+    the background rows in order: the same values to rounding, and again whatever the chunks."""
+    from explainers.kernelshap import shared_rows
+
+    w = adult_workload
+    X = w.X_explain[:3]
+
+    def engines() -> list:
+        return [KernelShap(w.model.predict_proba, w.background, groups=w.groups, link="logit", nsamples=4094,
+                           row_strategy="shared", chunk_rows=rows) for rows in (4096, 65536)]
+
+    by_pattern = [e.explain(X) for e in engines()]
+    monkeypatch.setattr(shared_rows, "PATTERN_BYTES", 0)
+    in_order = [e.explain(X) for e in engines()]
+    np.testing.assert_allclose(in_order[1], by_pattern[1], rtol=0, atol=1e-13)
+    assert not np.array_equal(in_order[1], by_pattern[1])  # the other order: other last bits
+    assert np.abs(in_order[0] - in_order[1]).max() <= 1e-13  # BLAS bits may move with the chunks

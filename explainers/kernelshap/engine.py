@@ -37,7 +37,7 @@ from explainers.kernelshap.coalitions import (
 )
 from explainers.kernelshap.distinct_rows import DEFAULT_DISTINCT_CACHE_BYTES, DistinctRows, RowSet, take
 from explainers.kernelshap.row_kernels import build_distinct_rows, compile_kernels, weighted_means
-from explainers.kernelshap.shared_rows import INDEX_ENTRIES_PER_ROW, accumulate, build_shared_rows
+from explainers.kernelshap.shared_rows import INDEX_ENTRIES_PER_ROW, PatternSums, accumulate, build_shared_rows
 from explainers.kernelshap.threads import DEFAULT_MODEL_THREADS, check_model_threads, cpu_kernel, limited_threads
 
 Predict = Callable[[np.ndarray], Any]
@@ -75,7 +75,7 @@ class _Buffers:
     """Synthetic rows of one model call, with room for ``x`` as a last row.
 
     ``rows`` ``(max(chunk_rows, N, S) + 1, D)`` (row-major) for distinct and shared rows, and
-    ``index`` int32 and ``layout`` ``(3, N)`` int64 for shared rows (``index`` is flat, viewed as
+    ``index`` int32, ``layout`` ``(4, N)`` int64 and ``patterns`` for shared rows (``index`` is flat, viewed as
     ``(b, S')`` per chunk of ``b`` background rows and ``S'`` coalitions; see
     :func:`~explainers.kernelshap.shared_rows.build_shared_rows`); for every row of ``c``
     coalitions (column-major), ``tile`` ``(D, c, N)`` (the background repeated) and ``dense``
@@ -87,12 +87,15 @@ class _Buffers:
     layout: np.ndarray
     tile: np.ndarray
     dense: np.ndarray
+    patterns: PatternSums | None
 
     @classmethod
     def for_background(
-        cls, background_t: np.ndarray, chunk_rows: int, max_coalitions: int, strategies: tuple[str, ...]
+        cls, background_t: np.ndarray, chunk_rows: int, max_coalitions: int, strategies: tuple[str, ...],
+        width: int,
     ) -> _Buffers:
-        """Only the buffers ``strategies`` use are allocated; the others are empty."""
+        """Only the buffers ``strategies`` use are allocated; the others are empty. ``width``:
+        the model's outputs per row."""
         n_cols, n_bg = background_t.shape
         empty = np.empty((n_cols, 0))
         if "distinct" in strategies or "shared" in strategies:
@@ -101,12 +104,13 @@ class _Buffers:
             rows = empty.T
         entries = max(max_coalitions, min(n_bg * max_coalitions, INDEX_ENTRIES_PER_ROW * chunk_rows))
         index = np.empty(entries if "shared" in strategies else 0, dtype=np.int32)
-        layout = np.empty((3, n_bg if "shared" in strategies else 0), dtype=np.int64)
+        layout = np.empty((4, n_bg if "shared" in strategies else 0), dtype=np.int64)
+        patterns = PatternSums(n_bg, width, len(rows)) if "shared" in strategies else None
         if "dense" not in strategies:
-            return cls(rows, index, layout, empty[:, None, :], empty)
+            return cls(rows, index, layout, empty[:, None, :], empty, patterns)
         per_call = max(1, min(chunk_rows // n_bg, max_coalitions))
         tile = np.ascontiguousarray(np.broadcast_to(background_t[:, None, :], (n_cols, per_call, n_bg)))
-        return cls(rows, index, layout, tile, np.empty((n_cols, per_call * n_bg + 1)))
+        return cls(rows, index, layout, tile, np.empty((n_cols, per_call * n_bg + 1)), patterns)
 
 
 @dataclass(frozen=True)
@@ -582,7 +586,7 @@ class KernelShap:
 
     def _new_buffer(self, chunk_rows: int, strategies: tuple[str, ...]) -> "_Buffers":
         """Reused buffers of one :meth:`explain` call for ``chunk_rows`` rows per model call."""
-        return _Buffers.for_background(self._background_t, chunk_rows, self.nsamples_, strategies)
+        return _Buffers.for_background(self._background_t, chunk_rows, self.nsamples_, strategies, self._output.width)
 
     def _plan(self, x: np.ndarray, index: int) -> tuple[CoalitionPlan | None, np.ndarray]:
         """Instance ``index``'s plan (None if it has fewer than two varying players) and the
@@ -744,8 +748,9 @@ class KernelShap:
         by all its coalitions (``strategy == "shared"``, :mod:`explainers.kernelshap.shared_rows`).
 
         Chunks of consecutive background rows go to the model; each coalition's total over them
-        is added in background order. With ``max_chunks``, only that many chunks are evaluated
-        (for the calibration: the values are then partial). Returns the values ``(S, K')``,
+        is summed pattern by pattern (:class:`~explainers.kernelshap.shared_rows.PatternSums`), or
+        in background order where the patterns' index would not fit. With ``max_chunks``, only
+        that many chunks are evaluated (for the calibration: the values are then partial). Returns the values ``(S, K')``,
         ``f(x)`` ``(K',)`` and how many background rows were covered.
         """
         keys = self._full_keys if masks is getattr(self._full, "masks", None) else coalition_keys(masks)
@@ -753,6 +758,9 @@ class KernelShap:
         totals = np.zeros((n_coalitions, self._output.width))
         max_background = max(1, min(n_bg, len(buffers.index) // max(n_coalitions, 1)))
         chunk_index = buffers.index[: max_background * n_coalitions].reshape(max_background, n_coalitions)
+        patterns = buffers.patterns if buffers.patterns is not None and buffers.patterns.fits(n_coalitions) else None
+        if patterns is not None:
+            patterns.start(n_coalitions)
         fx = None
         first = chunks = 0
         while n_coalitions and first < n_bg and (max_chunks is None or chunks < max_chunks):
@@ -769,8 +777,13 @@ class KernelShap:
                 return f"instance {index} (coalition {s}, background row {first + i})"
 
             out, fx = self._call_chunk(buffers.rows[: n_rows + 1], x, fx, where)
-            accumulate(out, chunk_index, buffers.layout, stop - first, n_patterns, totals)
+            if patterns is not None:
+                patterns.add(out, chunk_index, buffers.layout, stop - first, n_patterns, whole=first == 0 and stop == n_bg)
+            else:
+                accumulate(out, chunk_index, buffers.layout, stop - first, n_patterns, totals)
             first, chunks = stop, chunks + 1
+        if patterns is not None and chunks:
+            patterns.fold(totals)
         if fx is None:
             fx = self._call_model(x[None, :], self._output, lambda _: f"instance {index} itself").reshape(-1)
         return totals / n_bg, fx, first

@@ -12,9 +12,13 @@ rows (each coalition's distinct rows, the ``"distinct"`` strategy, need 0.754).
 The rows' classes depend on the background row only through its pattern ``P_b``: background rows
 of one pattern (on Adult, an instance meets about 46 patterns among the 100 background rows) have
 their rows in the same order, so which coalition reads which of them is worked out once per
-pattern. The values are ``v(S) = sum_b f(row(b, S & P_b)) / N``, summed over ``b`` in order
-whatever the chunks, and a row's place in its chunk is a function of the instance and
-``chunk_rows`` only, so an engine gives the same bits for an instance wherever it runs.
+pattern. The values are ``v(S) = sum_b f(row(b, S & P_b)) / N``: each pattern's outputs are
+summed over its background rows first (in background order), then each coalition adds the row
+it reads of each pattern's sums, the patterns in the order of their first background row
+(:class:`PatternSums`; :func:`accumulate` sums over the background rows in order where the
+patterns' index would not fit). Neither order depends on where the chunks end, and a row's
+place in its chunk is a function of the instance and ``chunk_rows`` only, so an engine gives
+the same bits for an instance wherever it runs.
 
 A chunk holds consecutive background rows, each with its distinct rows in the order of their
 subset of ``P_b`` (as a number whose bit ``j`` is the ``j``-th player of ``P_b``), until
@@ -32,6 +36,9 @@ from explainers.kernelshap.kernel_arguments import check_writable, read_only
 
 #: the most players the strategy handles (coalitions are ``int64`` bitmasks)
 MAX_PLAYERS = 62
+#: the most memory an instance's patterns may take at worst (their index, ``N x S`` int32, and
+#: sums, at most ``N x S x K`` float64) for its totals to be summed by pattern (:class:`PatternSums`)
+PATTERN_BYTES = 64 * 2**20
 #: entries of the chunk's index (its background rows, at most one pattern each, x coalitions; int32)
 #: per synthetic row of the chunk
 INDEX_ENTRIES_PER_ROW = 16
@@ -63,7 +70,7 @@ def _build_shared_rows(
     pattern_players = np.empty(max_background, dtype=np.int64)
     subset_start = np.zeros(max_background + 1, dtype=np.int64)
     pattern_subsets = np.empty(max_rows + n_coalitions + 1, dtype=np.int64)
-    pattern_of, row_base, pattern_rows = layout[0], layout[1], layout[2]
+    pattern_of, row_base, pattern_rows, pattern_keys = layout[0], layout[1], layout[2], layout[3]
     n_rows = 0
     n_patterns = 0
     b = b_lo
@@ -122,6 +129,7 @@ def _build_shared_rows(
             if n_rows + n_new > max_rows and b > b_lo:
                 break  # the pattern is not kept: the next chunk starts with this background row
             pattern_players[p] = differs
+            pattern_keys[p] = differs
             pattern_rows[p] = n_new
             subset_start[p + 1] = first + n_new
             n_patterns += 1
@@ -187,9 +195,10 @@ def build_shared_rows(
     read the same row, so a pattern of ``d`` players has at most ``min(S, 2**d)`` rows per
     background row, in the same order for each of its background rows. Filled in:
 
-    - ``layout`` ``(3, >= max_background)`` int64: for the chunk's ``i``-th background row, its
+    - ``layout`` ``(4, >= max_background)`` int64: for the chunk's ``i``-th background row, its
       pattern ``layout[0, i]`` (numbered in order of first sight) and its first row in ``out``
-      ``layout[1, i]``; for pattern ``p``, its rows per background row ``layout[2, p]``;
+      ``layout[1, i]``; for pattern ``p``, its rows per background row ``layout[2, p]`` and its
+      players ``layout[3, p]`` (a bitmask);
     - ``index`` ``(>= max_background, S)`` int32: for pattern ``p`` and coalition ``s``, which of the
       pattern's rows the coalition reads: row ``layout[1, i] + index[p, s]`` of ``out`` is ``x`` on
       the players of ``s`` and background row ``first_background + i`` elsewhere, bit for bit.
@@ -210,7 +219,7 @@ def build_shared_rows(
     if out.shape[0] < max(max_rows, n_coalitions) or out.shape[1] != background.shape[1]:
         raise ValueError(f"out {out.shape} cannot hold {max(max_rows, n_coalitions)} rows of the background's width")
     if max_background < 1 or index.shape[0] < max_background or index.shape[1] != n_coalitions \
-            or layout.shape[0] != 3 or layout.shape[1] < max_background:
+            or layout.shape[0] != 4 or layout.shape[1] < max_background:
         raise ValueError(f"index {index.shape} or layout {layout.shape} cannot hold {max_background} "
                          f"background rows of {n_coalitions} coalitions")
     stop, n_rows, n_patterns = _build_shared_rows(
@@ -243,6 +252,134 @@ def accumulate(
                 int(n_background), int(n_patterns), totals)
 
 
+@numba.njit(cache=True, nogil=True)
+def _add_to_patterns(
+    outputs: np.ndarray, index: np.ndarray, layout: np.ndarray, n_background: int, n_patterns: int,
+    copy_index: bool, state: np.ndarray, pattern_keys: np.ndarray, pattern_rows: np.ndarray, offsets: np.ndarray,
+    pattern_index: np.ndarray, sums: np.ndarray,
+) -> None:
+    """:meth:`PatternSums.add` on checked arguments; the layout is checked here, as it is read."""
+    n_out, width = outputs.shape
+    pattern_of, row_base, chunk_rows, chunk_keys = layout[0], layout[1], layout[2], layout[3]
+    n_global, used = state[0], state[1]
+    global_of = np.empty(n_patterns, dtype=np.int64)
+    for p in range(n_patterns):
+        g = 0
+        while g < n_global and pattern_keys[g] != chunk_keys[p]:
+            g += 1
+        if g == n_global:  # first seen: its sums go after the others'
+            if g >= pattern_keys.shape[0] or used + chunk_rows[p] > sums.shape[0]:
+                raise IndexError("more patterns or pattern rows than the sums have room for")
+            pattern_keys[g], pattern_rows[g], offsets[g] = chunk_keys[p], chunk_rows[p], used
+            used += chunk_rows[p]
+            n_global += 1
+            if copy_index:
+                for s in range(index.shape[1]):
+                    pattern_index[g, s] = index[p, s]
+        elif pattern_rows[g] != chunk_rows[p]:
+            raise IndexError("a pattern has other rows in another chunk")
+        global_of[p] = g
+    for row in range(n_background):  # in background order, whatever the chunks
+        p = pattern_of[row]
+        base = row_base[row]
+        if p < 0 or p >= n_patterns or base < 0 or base + chunk_rows[p] > n_out:
+            raise IndexError("a background row's rows are outside the chunk's outputs")
+        first = offsets[global_of[p]]
+        for u in range(chunk_rows[p]):
+            for o in range(width):
+                sums[first + u, o] += outputs[base + u, o]
+    state[0], state[1] = n_global, used
+
+
+@numba.njit(cache=True, nogil=True)
+def _fold_patterns(
+    sums: np.ndarray, pattern_rows: np.ndarray, offsets: np.ndarray, index: np.ndarray, n_patterns: int,
+    totals: np.ndarray,
+) -> None:
+    """:meth:`PatternSums.fold` on checked arguments."""
+    width = sums.shape[1]
+    for g in range(n_patterns):  # in order of the patterns' first background row
+        first, rows = offsets[g], pattern_rows[g]
+        for s in range(index.shape[1]):
+            u = index[g, s]
+            if u < 0 or u >= rows:
+                raise IndexError("a coalition's row is outside its pattern's rows")
+            for o in range(width):
+                totals[s, o] += sums[first + u, o]
+
+
+class PatternSums:
+    """One instance's coalition totals, pattern by pattern: the model's outputs on a pattern's
+    rows are summed over its background rows (in background order), and each coalition's total
+    is then the sum over the patterns (in the order of their first background row) of the row it
+    reads. Background rows of one pattern share their rows' order, so a coalition reads one sum
+    per pattern instead of one output per background row (on Adult about 46 patterns among 100
+    rows). The bits depend on the instance and the outputs only, not on where the chunks end.
+
+    The buffers are allocated once and reused instance after instance; ``index`` ``(N, S)``
+    int32 holds which row each coalition reads of each pattern when an instance takes more than
+    one chunk (a chunk's own index is used as it is when it covers the whole background).
+    """
+
+    def __init__(self, n_background: int, width: int, rows: int) -> None:
+        self.n_coalitions = 0
+        self.keys = np.empty(n_background, dtype=np.int64)
+        self.rows = np.empty(n_background, dtype=np.int64)
+        self.offsets = np.empty(n_background, dtype=np.int64)
+        self.sums = np.zeros((max(rows, 1), width))
+        self.state = np.zeros(2, dtype=np.int64)  # patterns seen, rows of ``sums`` used
+        self._index_buffer = np.empty(0, dtype=np.int32)  # flat, viewed as (N, S)
+        self._index: np.ndarray | None = None
+        self._chunk_index: np.ndarray | None = None
+
+    def fits(self, n_coalitions: int) -> bool:
+        """Whether an instance of ``n_coalitions`` is summed by pattern: its patterns' index and
+        sums take at most :data:`PATTERN_BYTES` at worst (past it :func:`accumulate` sums in
+        background order). A function of the problem's sizes only, not of the instance."""
+        return len(self.keys) * n_coalitions * (4 + 8 * self.sums.shape[1]) <= PATTERN_BYTES
+
+    def start(self, n_coalitions: int) -> None:
+        """Begin an instance of ``n_coalitions``."""
+        self.sums[: self.state[1]] = 0.0
+        self.state[:] = 0
+        self.n_coalitions = n_coalitions
+        self._index = self._chunk_index = None
+
+    def add(self, outputs: np.ndarray, index: np.ndarray, layout: np.ndarray, n_background: int,
+            n_patterns: int, whole: bool) -> None:
+        """Add a chunk's outputs ``(R, K)`` to its patterns' sums; ``index``, ``layout``, as
+        :func:`build_shared_rows` wrote them for the chunk's ``n_background`` background rows and
+        ``n_patterns`` patterns; ``whole``: the chunk is the instance's whole background."""
+        check_writable("sums", self.sums, np.float64)
+        if outputs.shape[1] != self.sums.shape[1] or index.shape[1] != self.n_coalitions                 or not 0 <= n_background <= layout.shape[1] or not 0 <= n_patterns <= min(n_background, len(index)):
+            raise ValueError(f"index {index.shape}, layout {layout.shape} and outputs {outputs.shape} do not fit")
+        needed = int(self.state[1]) + len(outputs)
+        if needed > len(self.sums):
+            grown = np.zeros((max(needed, 2 * len(self.sums)), self.sums.shape[1]))
+            grown[: self.state[1]] = self.sums[: self.state[1]]
+            self.sums = grown
+        if whole:
+            self._chunk_index = index
+        elif self._index is None:
+            entries = len(self.keys) * self.n_coalitions
+            if len(self._index_buffer) < entries:
+                self._index_buffer = np.empty(entries, dtype=np.int32)
+            self._index = self._index_buffer[:entries].reshape(len(self.keys), self.n_coalitions)
+        _add_to_patterns(read_only(outputs, np.float64), read_only(index, np.int32), read_only(layout, np.int64),
+                         int(n_background), int(n_patterns), not whole, self.state, self.keys, self.rows,
+                         self.offsets, self._index if self._index is not None else np.empty((0, 0), np.int32),
+                         self.sums)
+
+    def fold(self, totals: np.ndarray) -> None:
+        """Add each coalition's sums to ``totals`` ``(S, K)`` float64, C-contiguous."""
+        check_writable("totals", totals, np.float64)
+        index = self._chunk_index if self._chunk_index is not None else self._index
+        if totals.shape != (self.n_coalitions, self.sums.shape[1]) or index is None:
+            raise ValueError(f"totals {totals.shape} do not fit, or no chunk was added")
+        _fold_patterns(read_only(self.sums, np.float64), read_only(self.rows, np.int64),
+                       read_only(self.offsets, np.int64), read_only(index, np.int32), int(self.state[0]), totals)
+
+
 def shared_row_count(background: np.ndarray, x: np.ndarray, column_player: np.ndarray, keys: np.ndarray) -> int:
     """How many distinct synthetic rows the coalitions ``keys`` ``(S,)`` give ``x`` ``(D,)``
     with ``background`` ``(N, D)``: per background row, the distinct ``key & P_b`` (NumPy, for reports)."""
@@ -254,13 +391,19 @@ def shared_row_count(background: np.ndarray, x: np.ndarray, column_player: np.nd
 
 def compiled_versions() -> dict[str, int]:
     """Machine-code versions of each kernel in this process (1 once used: inputs are normalised)."""
-    return {kernel.__name__.lstrip("_"): len(kernel.signatures) for kernel in (_build_shared_rows, _accumulate)}
+    kernels = (_build_shared_rows, _accumulate, _add_to_patterns, _fold_patterns)
+    return {kernel.__name__.lstrip("_"): len(kernel.signatures) for kernel in kernels}
 
 
 def compile_kernels() -> None:
     """Compile (or load from numba's cache) both kernels for the engine's argument types."""
     background = np.zeros((1, 1))
-    out, index, layout = np.empty((2, 1)), np.empty((1, 1), dtype=np.int32), np.empty((3, 1), dtype=np.int64)
+    out, index, layout = np.empty((2, 1)), np.empty((1, 1), dtype=np.int32), np.empty((4, 1), dtype=np.int64)
     _, _, n_patterns = build_shared_rows(background, background[0], np.zeros(1, dtype=np.int64),
                                          np.ones(1, dtype=np.int64), 1, 0, 1, 1, out, index, layout)
     accumulate(out, index, layout, 1, n_patterns, np.zeros((1, 1)))
+    for whole in (True, False):
+        sums = PatternSums(1, 1, 1)
+        sums.start(1)
+        sums.add(out, index, layout, 1, n_patterns, whole)
+        sums.fold(np.zeros((1, 1)))
