@@ -333,6 +333,25 @@ def test_shared_values_do_not_depend_on_the_chunk_size_bitwise(adult_workload):
     assert np.array_equal(small.explain(X), large.explain(X))
 
 
+def test_thepattern_cache__of_exact_mode_changes_no_bit(adult_workload, monkeypatch):
+    """Exact mode: every instance has the same coalitions, so what each background pattern met
+    was worked out to be is kept for the next instances; the values are those without it, and a
+    pickled engine (a worker's) starts without it."""
+    from explainers.kernelshap import shared_rows
+
+    w = adult_workload
+    X = w.X_explain[:12]
+    kw = dict(groups=w.groups, link="logit", nsamples=4094, row_strategy="shared", chunk_rows=32768)
+    engine = KernelShap(w.model.predict_proba, w.background, **kw)
+    first, again = engine.explain(X), engine.explain(X)
+    assert engine.pattern_cache_.patterns > 0
+    assert pickle.loads(cloudpickle.dumps(engine)).pattern_cache_ is None
+    monkeypatch.setattr(shared_rows, "PATTERN_CACHE_MAX_PLAYERS", 0)
+    plain = KernelShap(w.model.predict_proba, w.background, **kw)
+    assert np.array_equal(first, plain.explain(X)) and np.array_equal(again, first)
+    assert plain.pattern_cache_ is None
+
+
 def test_totals_too_large_to_sum_by_pattern_are_summed_in_background_order(adult_workload, monkeypatch):
     """Where an instance's patterns could take more than PATTERN_BYTES, the totals are summed over
     the background rows in order: the same values to rounding, and again whatever the chunks."""

@@ -6,6 +6,7 @@ import pytest
 
 from explainers.kernelshap.coalitions import coalition_keys
 from explainers.kernelshap.shared_rows import (
+    PatternCache,
     PatternSums,
     accumulate,
     build_shared_rows,
@@ -27,7 +28,7 @@ def _problem(n_players: int = 5, n_coalitions: int = 9, seed: int = 0):
     return background, x, column_player, masks
 
 
-def _build_all(background, x, column_player, masks, max_rows=10**6):
+def _build_all(background, x, column_player, masks, max_rows=10**6, cache=None):
     """Every chunk of the instance: ``(first, stop, rows, index, layout, n_patterns)``."""
     keys = coalition_keys(masks)
     n_players = int(column_player.max()) + 1
@@ -37,7 +38,7 @@ def _build_all(background, x, column_player, masks, max_rows=10**6):
     chunks, first = [], 0
     while first < len(background):
         stop, n_rows, n_patterns = build_shared_rows(background, x, column_player, keys, n_players, first, max_rows,
-                                                     len(background), out, index, layout)
+                                                     len(background), out, index, layout, cache)
         chunks.append((first, stop, out[:n_rows].copy(), index[:n_patterns].copy(), layout[:, : stop - first].copy(),
                        n_patterns))
         first = stop
@@ -177,3 +178,28 @@ def test_no_coalitions_give_no_rows():
     stop, n_rows, _ = build_shared_rows(background, x, column_player, np.empty(0, dtype=np.int64), 20, 0, 12, 30,
                                         out, index, np.empty((4, 30), dtype=np.int64))
     assert (stop, n_rows) == (30, 0)
+
+
+@pytest.mark.parametrize("max_rows", [10**6, 40], ids=["one-chunk", "chunks"])
+def test_patterns_met_before_are_taken_from_the_cache_bit_for_bit(max_rows):
+    """Instances with the same coalitions meet many of the same patterns: the cache gives what
+    working them out gives, the same rows in the same places and the same index."""
+    background, x, column_player, masks = _problem(5, 31)
+    cache = PatternCache(5, len(masks))
+    for instance in range(4):
+        x_i = x.copy()
+        x_i[instance] = 7.0  # another instance: some patterns change, most recur
+        plain = _build_all(background, x_i, column_player, masks, max_rows)
+        before = cache.patterns
+        cached = _build_all(background, x_i, column_player, masks, max_rows, cache)
+        assert len(plain) == len(cached)
+        for a, b in zip(plain, cached):
+            assert a[:2] == b[:2] and a[5] == b[5]
+            for left, right in zip(a[2:5], b[2:5]):
+                assert np.array_equal(left, right)
+        assert cache.patterns >= before and (instance == 0 or cache.patterns < before + len(background))
+    assert 0 < cache.patterns < 2**5
+    with pytest.raises(ValueError, match="pattern cache is for 31 coalitions of 5 players"):
+        _build_all(background, x, column_player, masks[:9], max_rows, cache)
+    with pytest.raises(ValueError, match="takes 1 to"):
+        PatternCache(63, 4)

@@ -411,6 +411,9 @@ class KernelShap:
             self._full = full_plan(self.n_groups) if self.exact and self.n_groups > 1 else None
             self._full_operator = solve_operator(self._full) if self._full is not None else None
             self._full_rows: RowSet | None = None
+            #: exact mode with shared rows: what each background pattern met so far was worked out to
+            #: be (the same for every instance), from the first instance on; not pickled
+            self.pattern_cache_: shared_rows.PatternCache | None = None
             self._full_keys = coalition_keys(self._full.masks) \
                 if self._full is not None and self.n_groups <= shared_rows.MAX_PLAYERS else None
             self.chunk_choice_: ChunkChoice = self._choose_chunk_rows()
@@ -457,6 +460,7 @@ class KernelShap:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_full_rows"] = None  # found again where it is used
+        state["pattern_cache_"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -753,8 +757,11 @@ class KernelShap:
         that many chunks are evaluated (for the calibration: the values are then partial). Returns the values ``(S, K')``,
         ``f(x)`` ``(K',)`` and how many background rows were covered.
         """
-        keys = self._full_keys if masks is getattr(self._full, "masks", None) else coalition_keys(masks)
+        full = masks is getattr(self._full, "masks", None)
+        keys = self._full_keys if full else coalition_keys(masks)
         n_bg, n_coalitions = len(self.background), len(masks)
+        if full and self.pattern_cache_ is None and self.n_groups <= shared_rows.PATTERN_CACHE_MAX_PLAYERS:
+            self.pattern_cache_ = shared_rows.PatternCache(self.n_groups, n_coalitions)
         totals = np.zeros((n_coalitions, self._output.width))
         max_background = max(1, min(n_bg, len(buffers.index) // max(n_coalitions, 1)))
         chunk_index = buffers.index[: max_background * n_coalitions].reshape(max_background, n_coalitions)
@@ -766,7 +773,7 @@ class KernelShap:
         while n_coalitions and first < n_bg and (max_chunks is None or chunks < max_chunks):
             stop, n_rows, n_patterns = build_shared_rows(
                 self.background, x, self._column_player, keys, self.n_groups, first, chunk_rows, max_background,
-                buffers.rows, chunk_index, buffers.layout)
+                buffers.rows, chunk_index, buffers.layout, self.pattern_cache_ if full else None)
 
             def where(row: int, first: int = first, stop: int = stop, n_rows: int = n_rows) -> str:
                 if row == n_rows:

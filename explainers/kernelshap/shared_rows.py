@@ -12,13 +12,14 @@ rows (each coalition's distinct rows, the ``"distinct"`` strategy, need 0.754).
 The rows' classes depend on the background row only through its pattern ``P_b``: background rows
 of one pattern (on Adult, an instance meets about 46 patterns among the 100 background rows) have
 their rows in the same order, so which coalition reads which of them is worked out once per
-pattern. The values are ``v(S) = sum_b f(row(b, S & P_b)) / N``: each pattern's outputs are
-summed over its background rows first (in background order), then each coalition adds the row
-it reads of each pattern's sums, the patterns in the order of their first background row
-(:class:`PatternSums`; :func:`accumulate` sums over the background rows in order where the
-patterns' index would not fit). Neither order depends on where the chunks end, and a row's
-place in its chunk is a function of the instance and ``chunk_rows`` only, so an engine gives
-the same bits for an instance wherever it runs.
+pattern, and, where every instance has the same coalitions (exact mode), once per engine
+(:class:`PatternCache`). The values are ``v(S) = sum_b f(row(b, S & P_b)) / N``: each pattern's
+outputs are summed over its background rows first (in background order), then each coalition
+adds the row it reads of each pattern's sums, the patterns in the order of their first
+background row (:class:`PatternSums`; :func:`accumulate` sums over the background rows in order
+where the patterns' index would not fit). Neither order depends on where the chunks end, and a
+row's place in its chunk is a function of the instance and ``chunk_rows`` only, so an engine
+gives the same bits for an instance wherever it runs.
 
 A chunk holds consecutive background rows, each with its distinct rows in the order of their
 subset of ``P_b`` (as a number whose bit ``j`` is the ``j``-th player of ``P_b``), until
@@ -36,6 +37,9 @@ from explainers.kernelshap.kernel_arguments import check_writable, read_only
 
 #: the most players the strategy handles (coalitions are ``int64`` bitmasks)
 MAX_PLAYERS = 62
+#: the most memory a :class:`PatternCache` takes, and the most players it takes
+PATTERN_CACHE_BYTES = 64 * 2**20
+PATTERN_CACHE_MAX_PLAYERS = 20
 #: the most memory an instance's patterns may take at worst (their index, ``N x S`` int32, and
 #: sums, at most ``N x S x K`` float64) for its totals to be summed by pattern (:class:`PatternSums`)
 PATTERN_BYTES = 64 * 2**20
@@ -48,6 +52,8 @@ INDEX_ENTRIES_PER_ROW = 16
 def _build_shared_rows(
     background: np.ndarray, x: np.ndarray, column_player: np.ndarray, keys: np.ndarray, n_players: int,
     b_lo: int, max_rows: int, max_background: int, out: np.ndarray, index: np.ndarray, layout: np.ndarray,
+    cache_slot: np.ndarray, cache_index: np.ndarray, cache_subsets: np.ndarray, cache_offsets: np.ndarray,
+    cache_state: np.ndarray,
 ) -> tuple[int, int, int]:
     """:func:`build_shared_rows` on checked arguments (numba does not check bounds)."""
     n_bg, n_cols = background.shape
@@ -82,7 +88,23 @@ def _build_shared_rows(
         p = 0
         while p < n_patterns and pattern_players[p] != differs:
             p += 1
-        if p == n_patterns:  # a new pattern: which coalition reads which of its subsets
+        cached = cache_slot[differs] if cache_slot.shape[0] > 0 else -1
+        if p == n_patterns and cached >= 0:  # a pattern of an earlier instance: as worked out then
+            first = subset_start[p]
+            lo, hi = cache_offsets[cached], cache_offsets[cached + 1]
+            n_new = hi - lo
+            for u in range(n_new):
+                pattern_subsets[first + u] = cache_subsets[lo + u]
+            for s in range(n_coalitions):
+                index[p, s] = cache_index[cached, s]
+            if n_rows + n_new > max_rows and b > b_lo:
+                break
+            pattern_players[p] = differs
+            pattern_keys[p] = differs
+            pattern_rows[p] = n_new
+            subset_start[p + 1] = first + n_new
+            n_patterns += 1
+        elif p == n_patterns:  # a new pattern: which coalition reads which of its subsets
             n_differ = 0
             for q in range(8 * n_bytes):
                 if q < n_players and (differs >> q) & 1:
@@ -126,6 +148,15 @@ def _build_shared_rows(
                         pattern_subsets[first + n_new] = subsets[s]
                         n_new += 1
                     index[p, s] = n_new - 1
+            n_cached, used = cache_state[0], cache_state[1]
+            if cache_slot.shape[0] > 0 and n_cached < cache_index.shape[0] and used + n_new <= cache_subsets.shape[0]:
+                for u in range(n_new):
+                    cache_subsets[used + u] = pattern_subsets[first + u]
+                for s in range(n_coalitions):
+                    cache_index[n_cached, s] = index[p, s]
+                cache_offsets[n_cached + 1] = used + n_new
+                cache_slot[differs] = n_cached
+                cache_state[0], cache_state[1] = n_cached + 1, used + n_new
             if n_rows + n_new > max_rows and b > b_lo:
                 break  # the pattern is not kept: the next chunk starts with this background row
             pattern_players[p] = differs
@@ -180,7 +211,7 @@ def _accumulate(
 def build_shared_rows(
     background: np.ndarray, x: np.ndarray, column_player: np.ndarray, keys: np.ndarray, n_players: int,
     first_background: int, max_rows: int, max_background: int, out: np.ndarray, index: np.ndarray,
-    layout: np.ndarray,
+    layout: np.ndarray, cache: PatternCache | None = None,
 ) -> tuple[int, int, int]:
     """Write the distinct synthetic rows of background rows ``first_background:`` into ``out``,
     row-major, while they fit; returns ``(stop, n_rows, n_patterns)``: the chunk is background
@@ -202,6 +233,9 @@ def build_shared_rows(
     - ``index`` ``(>= max_background, S)`` int32: for pattern ``p`` and coalition ``s``, which of the
       pattern's rows the coalition reads: row ``layout[1, i] + index[p, s]`` of ``out`` is ``x`` on
       the players of ``s`` and background row ``first_background + i`` elsewhere, bit for bit.
+
+    ``cache``: a :class:`PatternCache` for these ``keys`` (the same coalitions for every instance,
+    as in exact mode), where what a pattern met before was worked out is taken as it was.
     """
     n_coalitions = len(keys)
     if not 0 < n_players <= MAX_PLAYERS:
@@ -222,10 +256,16 @@ def build_shared_rows(
             or layout.shape[0] != 4 or layout.shape[1] < max_background:
         raise ValueError(f"index {index.shape} or layout {layout.shape} cannot hold {max_background} "
                          f"background rows of {n_coalitions} coalitions")
+    if cache is not None and (cache.n_coalitions != n_coalitions or len(cache.slot) != 2**n_players):
+        raise ValueError(f"the pattern cache is for {cache.n_coalitions} coalitions of {len(cache.slot).bit_length() - 1} "
+                         f"players, not {n_coalitions} of {n_players}")
+    arrays = cache.arrays() if cache is not None else _NO_CACHE
+    for name, array in zip(("slot", "index", "subsets", "offsets", "state"), arrays):
+        check_writable(f"the pattern cache's {name}", array, array.dtype)
     stop, n_rows, n_patterns = _build_shared_rows(
         read_only(background, np.float64), read_only(x, np.float64), read_only(column_player, np.int64),
         read_only(keys, np.int64), int(n_players), int(first_background), int(max_rows), int(max_background),
-        out, index, layout,
+        out, index, layout, *arrays,
     )
     return int(stop), int(n_rows), int(n_patterns)
 
@@ -250,6 +290,38 @@ def accumulate(
                          f"{outputs.shape} do not fit")
     _accumulate(read_only(outputs, np.float64), read_only(index, np.int32), read_only(layout, np.int64),
                 int(n_background), int(n_patterns), totals)
+
+
+class PatternCache:
+    """What each pattern met so far was worked out to be (its subsets in row order, and which of
+    them each coalition reads), for an engine whose every instance has the same coalitions
+    (exact mode): an instance meets about 46 patterns on Adult, most of them met before. It holds
+    at most :data:`PATTERN_CACHE_BYTES`, then keeps what it has; up to
+    :data:`PATTERN_CACHE_MAX_PLAYERS` players (a pattern is found by its bitmask, directly)."""
+
+    def __init__(self, n_players: int, n_coalitions: int) -> None:
+        if not 0 < n_players <= PATTERN_CACHE_MAX_PLAYERS:
+            raise ValueError(f"the pattern cache takes 1 to {PATTERN_CACHE_MAX_PLAYERS} players, got {n_players}")
+        self.n_coalitions = n_coalitions
+        self.slot = np.full(2**n_players, -1, dtype=np.int32)
+        per_pattern = 4 * max(n_coalitions, 1) + 8 * min(max(n_coalitions, 1), 2**n_players) + 8
+        patterns = max(1, min(2**n_players, (PATTERN_CACHE_BYTES - self.slot.nbytes) // per_pattern))
+        self.index = np.empty((patterns, n_coalitions), dtype=np.int32)
+        self.subsets = np.empty(patterns * min(max(n_coalitions, 1), 2**n_players), dtype=np.int64)
+        self.offsets = np.zeros(patterns + 1, dtype=np.int64)
+        self.state = np.zeros(2, dtype=np.int64)  # patterns held, subsets used
+
+    @property
+    def patterns(self) -> int:
+        return int(self.state[0])
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return self.slot, self.index, self.subsets, self.offsets, self.state
+
+
+#: the arrays of no cache: the kernel looks nothing up
+_NO_CACHE = (np.empty(0, dtype=np.int32), np.empty((0, 0), dtype=np.int32), np.empty(0, dtype=np.int64),
+             np.zeros(1, dtype=np.int64), np.zeros(2, dtype=np.int64))
 
 
 @numba.njit(cache=True, nogil=True)
