@@ -73,12 +73,16 @@ def ray_session():
     try:
         yield ray
     finally:
+        from explainers.cluster.leftovers import end_leftovers, ray_processes
+
+        processes = ray_processes()
         try:
             from ray import serve
 
             serve.shutdown()
         finally:
             ray.shutdown()
+            end_leftovers(processes)
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .leftovers import end_leftovers, ray_processes
 from .ray_client import (
     ClusterConnectionError,
     RayAuthEnv,
@@ -246,6 +247,7 @@ class ClusterSession:
             except BaseException as exc:  # noqa: BLE001 - keep tearing down
                 errors.append(exc)
             self._k8s = None
+        processes = ray_processes() if self.started and not self.is_remote else []
         try:
             import ray
             from ray._private.client_mode_hook import client_mode_should_convert
@@ -271,6 +273,7 @@ class ClusterSession:
         if self._auto_connect is not None:
             _restore_auto_connect(self._auto_connect)
             self._auto_connect = None
+        end_leftovers(processes)
         _OPEN.discard(self)
         if errors:
             raise RuntimeError(f"closing the Ray session failed: {errors[0]!r}") from errors[0]

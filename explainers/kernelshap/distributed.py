@@ -30,6 +30,7 @@ from explainers.kernelshap.backends.common import (
     WorkerStartError,
     total_counters,
 )
+from explainers.cluster.leftovers import end_leftovers, ray_processes
 from explainers.kernelshap.coalition_cache import DEFAULT_REUSE_CACHE_BYTES
 from explainers.kernelshap.engine import DEFAULT_MAX_PLAN_BYTES, KernelShap
 from explainers.kernelshap.threads import DEFAULT_MODEL_THREADS, cluster_cpu_kernels, cpu_kernel
@@ -258,7 +259,9 @@ class DistributedKernelShap:
             if self._started_ray:
                 self._started_ray = False
                 if ray.is_initialized():
+                    processes = ray_processes()
                     ray.shutdown()
+                    end_leftovers(processes)
 
     def start(self) -> "DistributedKernelShap":
         """Create the workers now and keep them for every ``explain`` until :meth:`stop`.
